@@ -1,0 +1,151 @@
+"""The event bus: every hub event fans out from here to bounded per-subscriber mailboxes.
+
+Why mailboxes that drop the oldest: a publisher (a stream's health monitor, the network watcher)
+must never wait for a subscriber (a slow plugin, the event log on a slow disk). A subscriber that
+cannot keep up loses its oldest events; the loss is counted and logged (rate-limited), and every
+other subscriber is untouched. Delivery per subscriber is in publish order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from hubruntime.events import catalogue
+
+log = logging.getLogger("hubruntime.events")
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """An event as the bus delivers it: the event table plus its sequence number and UTC time."""
+
+    seq: int
+    time: str
+    event: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.event["event"]
+
+
+class Mailbox:
+    """A bounded FIFO for one consumer in the trio thread; ``put`` never blocks."""
+
+    def __init__(self, name: str, maxlen: int) -> None:
+        if maxlen < 1:
+            raise ValueError("mailbox size must be at least 1")
+        self.name = name
+        self.maxlen = maxlen
+        self._items: deque[Any] = deque()
+        self._wakeup = trio.Event()
+        self.dropped = 0
+        self.delivered = 0
+        self._last_drop_log = 0.0
+        self._drops_since_log = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: Any) -> None:
+        if len(self._items) >= self.maxlen:
+            self._items.popleft()
+            self.dropped += 1
+            self._drops_since_log += 1
+            now = time.monotonic()
+            if now - self._last_drop_log >= 5.0:
+                log.warning(
+                    "%s cannot keep up: dropped %d oldest event(s) (%d in all)",
+                    self.name,
+                    self._drops_since_log,
+                    self.dropped,
+                )
+                self._last_drop_log = now
+                self._drops_since_log = 0
+        self._items.append(item)
+        self._wakeup.set()
+
+    def put_front(self, items: Iterable[Any]) -> None:
+        """Give back items taken but not handled (a worker died mid-batch), oldest first."""
+        self._items.extendleft(reversed(list(items)))
+        while len(self._items) > self.maxlen:
+            self._items.pop()
+            self.dropped += 1
+        if self._items:
+            self._wakeup.set()
+
+    def get_nowait_batch(self, max_items: int) -> list[Any]:
+        items = self._items
+        n = min(max_items, len(items))
+        out = [items.popleft() for _ in range(n)]
+        self.delivered += n
+        return out
+
+    async def get_batch(self, max_items: int) -> list[Any]:
+        """Wait for at least one item; return up to ``max_items`` of them."""
+        while not self._items:
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        return self.get_nowait_batch(max_items)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class EventBus:
+    """Validates, stamps and fans out events. Lives in the trio thread."""
+
+    def __init__(self, *, first_seq: int = 1, queue_size: int = 10_000) -> None:
+        self._next_seq = first_seq
+        self.queue_size = queue_size
+        self._subscribers: list[tuple[Mailbox, Callable[[Published], bool] | None]] = []
+
+    def subscribe(
+        self,
+        name: str,
+        *,
+        maxlen: int | None = None,
+        accept: Callable[[Published], bool] | None = None,
+    ) -> Mailbox:
+        box = Mailbox(name, maxlen or self.queue_size)
+        self._subscribers.append((box, accept))
+        return box
+
+    def attach(self, box: Mailbox, accept: Callable[[Published], bool] | None = None) -> None:
+        """Deliver to a mailbox made elsewhere (a plugin's queue, shared with its timers)."""
+        self._subscribers.append((box, accept))
+
+    def unsubscribe(self, box: Mailbox) -> None:
+        self._subscribers = [(b, a) for b, a in self._subscribers if b is not box]
+
+    def publish(self, name: str, /, **fields: Any) -> Published:
+        """Publish a catalogue event; raises ``EventValidationError`` on a bad one."""
+        return self._deliver(catalogue.make_event(name, **fields))
+
+    def publish_event(self, event: dict[str, Any]) -> Published:
+        """Publish an already-built event table (camera notifications, API-created events)."""
+        catalogue.validate(event)
+        return self._deliver(event)
+
+    def _deliver(self, event: dict[str, Any]) -> Published:
+        item = Published(self._next_seq, _utc_now(), event)
+        self._next_seq += 1
+        for box, accept in self._subscribers:
+            if accept is None or accept(item):
+                box.put(item)
+        return item
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

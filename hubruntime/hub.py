@@ -1,0 +1,77 @@
+"""The composition root: opens the store, builds the services, and owns the one nursery tree.
+
+Only this module (and ``cli.py``) imports everything; each service gets what it needs passed in.
+Later parts (ingest, the RTSP server, tunnels, client APIs) start here, under the same nursery,
+so stopping the hub stops each of them exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from hubruntime.config import HubConfig
+from hubruntime.events.bus import EventBus
+from hubruntime.events.eventlog import run_event_log
+from hubruntime.lua.manifest import ManifestError, Plugin, discover, load_plugin
+from hubruntime.lua.modules.cameras import CamerasModule
+from hubruntime.lua.modules.storage import StorageModule
+from hubruntime.lua.plugins import PluginHost
+from hubruntime.store import Store
+from hubruntime.streams.manager import StreamManager
+
+log = logging.getLogger("hubruntime.hub")
+
+
+def load_plugins(dirs: tuple[Path, ...]) -> list[Plugin]:
+    """Every plugin folder under ``dirs``; a broken one is logged and skipped, never fatal."""
+    plugins = []
+    for folder in discover(dirs):
+        try:
+            plugin = load_plugin(folder)
+        except ManifestError as exc:
+            log.error("plugin skipped: %s", exc)
+            continue
+        for warning in plugin.warnings:
+            log.warning("%s", warning)
+        plugins.append(plugin)
+    return plugins
+
+
+class Hub:
+    """One hub process. ``run`` serves until cancelled."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.store: Store | None = None
+        self.bus: EventBus | None = None
+        self.manager: StreamManager | None = None
+        self.plugins: PluginHost | None = None
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        store = await trio.to_thread.run_sync(Store, cfg.db_path)
+        self.store = store
+        try:
+            first_seq = await trio.to_thread.run_sync(store.last_event_seq) + 1
+            self.bus = bus = EventBus(first_seq=first_seq,
+                                      queue_size=cfg.events.subscriber_queue_size)
+            self.manager = manager = StreamManager(store)
+            handlers = {**CamerasModule(manager).handlers(), **StorageModule(store).handlers()}
+            self.plugins = PluginHost(cfg.lua, bus, handlers)
+            plugins = load_plugins(cfg.plugin_dirs)
+            streams = await manager.list()
+            log.info("hub starting: data %s, %d stream(s), %d plugin(s)", cfg.data_dir,
+                     len(streams), len(plugins))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run_event_log, store, bus, cfg.events.log_max_rows)
+                await nursery.start(self.plugins.run, plugins)
+                log.info("hub ready")
+                task_status.started(self)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(store.close)
+            log.info("hub stopped")

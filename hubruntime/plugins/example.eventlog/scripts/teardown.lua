@@ -1,0 +1,5 @@
+local cameras = require("cameras")
+if subscription then
+    cameras.unsubscribe(subscription)
+end
+require("logging").info("event logger stopped")

@@ -1,0 +1,1 @@
+"""Camera streams: registry, supervisor, per-stream hub and health monitor."""
