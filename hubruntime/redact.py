@@ -13,6 +13,6 @@ _QUERY_SECRET = re.compile(r"(?i)([?&](?:password|pass|pwd|token|secret|key|auth
 
 
 def redact(text: str) -> str:
-    """Replace ``user:pass@`` in every URL of ``text`` by ``***@`` and secret query values by ***."""
+    """Replace ``user:pass@`` in every URL of ``text`` by ``***@``, secret query values by ***."""
     text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
     return _QUERY_SECRET.sub(r"\1***", text)

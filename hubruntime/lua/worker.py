@@ -119,43 +119,45 @@ class Worker:
             return False, f"{name}: {exc}"
 
     def _host_call(self, name: str, where: str, args: tuple[Any, ...]) -> tuple[bool, Any]:
+        """Serve what can be served here (json, logging text, subscriptions); ask the hub for
+        the rest."""
         sb = self.sandbox
         assert sb is not None
+        first = args[0] if args else None
         if name == "logging.format":
-            value = args[0] if args else None
-            if isinstance(value, str):
-                return True, value
-            if value is None:
-                return False, f"{name.replace('format', 'info')}: argument #1 must be a string or a table, got nil"
-            return True, json_encode(value) if not isinstance(value, int | float | bool) else str(value)
+            if isinstance(first, str):
+                return True, first
+            if first is None:
+                return False, "logging: argument #1 must be a string or a table, got nil"
+            if isinstance(first, int | float | bool):
+                return True, str(first)
+            return True, json_encode(first)
         if name == "json.encode":
             try:
-                return True, json_encode(args[0] if args else None)
+                return True, json_encode(first)
             except ValueError as exc:
                 return False, f"json.encode: {exc}"
         if name == "json.decode":
-            text = args[0] if args else None
-            if not isinstance(text, str):
-                return False, f"json.decode: argument #1 must be a string, got {_lua_type(text)}"
+            if not isinstance(first, str):
+                return False, _bad_arg(name, "text", "string", first)
             try:
-                return True, sb.to_lua(json.loads(text))
+                return True, sb.to_lua(json.loads(first))
             except json.JSONDecodeError as exc:
-                return False, f"json.decode: {exc.msg} at line {exc.lineno} column {exc.colno} (char {exc.pos})"
+                return False, (f"json.decode: {exc.msg} at line {exc.lineno} column {exc.colno}"
+                               f" (char {exc.pos})")
         if name == "cameras.subscribe":
-            script = args[0] if args else None
-            if not isinstance(script, str):
-                return False, f"cameras.subscribe: argument #1 'script' must be a string, got {_lua_type(script)}"
-            sid, err = sb.subscribe(script)
+            if not isinstance(first, str):
+                return False, _bad_arg(name, "script", "string", first)
+            sid, err = sb.subscribe(first)
             if sid is None:
                 return False, err
             self.send({"t": "subs", "n": sb.subscriber_count})
             return True, sid
         if name == "cameras.unsubscribe":
-            sid = args[0] if args else None
-            if not isinstance(sid, str):
-                return False, f"cameras.unsubscribe: argument #1 'subscriberId' must be a string, got {_lua_type(sid)}"
-            if not sb.unsubscribe(sid):
-                return False, f"cameras.unsubscribe: no subscription '{sid}'"
+            if not isinstance(first, str):
+                return False, _bad_arg(name, "subscriberId", "string", first)
+            if not sb.unsubscribe(first):
+                return False, f"cameras.unsubscribe: no subscription '{first}'"
             self.send({"t": "subs", "n": sb.subscriber_count})
             return True, None
         converted: list[Any] = []
@@ -261,6 +263,10 @@ class Worker:
                 return
 
 
+def _bad_arg(fn: str, arg: str, expected: str, value: Any) -> str:
+    return f"{fn}: argument #1 '{arg}' must be a {expected}, got {_lua_type(value)}"
+
+
 def _describe(item: list[Any]) -> str:
     if item[0] == "e":
         event = item[1]
@@ -288,8 +294,23 @@ def _lua_type(value: Any) -> str:
     return type(value).__name__
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the hub dies, even if Lua is stuck in C."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str]) -> int:
     fd, marker_path, address_space = int(argv[0]), argv[1], int(argv[2])
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:
+        return 0
     if address_space > 0:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
     sock = socket.socket(fileno=fd)

@@ -52,7 +52,7 @@ _CHECKS = {
 
 
 def check_args(fn: str, args: list[Any], spec: tuple[tuple[str, str, bool], ...]) -> list[Any]:
-    """Check ``args`` against ``(name, type, required)`` triples; pad missing optionals with None."""
+    """Check ``args`` against ``(name, type, required)``; missing optionals become None."""
     if len(args) > len(spec):
         raise ApiError(f"{fn}: takes at most {len(spec)} argument(s), got {len(args)}")
     out = list(args) + [None] * (len(spec) - len(args))
