@@ -150,6 +150,20 @@ def cmd_plugin_run(args: argparse.Namespace) -> int:
                     args.linger)
 
 
+# hubruntime demo / fakecam ---------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hubruntime.demo import run_demo
+
+    setup_logging("INFO")
+    return trio.run(run_demo, args.data_dir, args.duration)
+
+
+def cmd_fakecam(args: argparse.Namespace) -> int:
+    from hubruntime.fakecam.cli import main as fakecam_main
+
+    return fakecam_main(args.rest)
+
+
 # parser ----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hubruntime", description=__doc__)
@@ -181,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
         common(sp)
     common(add)
     streams.set_defaults(func=cmd_streams)
+
+    demo = sub.add_parser("demo", help="fake camera + hub + example plugin printing events")
+    demo.add_argument("--data-dir", type=Path, help="state folder (default: a new temp folder)")
+    demo.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
+                      help="stop after this long (default: run until Ctrl-C)")
+    demo.set_defaults(func=cmd_demo)
+
+    fake = sub.add_parser("fakecam", help="serve a clip over RTSP with injectable faults",
+                          add_help=False)
+    fake.add_argument("rest", nargs=argparse.REMAINDER)
+    fake.set_defaults(func=cmd_fakecam)
 
     plugin = sub.add_parser("plugin", help="plugin author tools")
     psub = plugin.add_subparsers(dest="action", required=True)

@@ -20,8 +20,10 @@ from hubruntime.lua.manifest import ManifestError, Plugin, discover, load_plugin
 from hubruntime.lua.modules.cameras import CamerasModule
 from hubruntime.lua.modules.storage import StorageModule
 from hubruntime.lua.plugins import PluginHost
+from hubruntime.rtsp.server import PublishRegistry, RtspServer
 from hubruntime.store import Store
 from hubruntime.streams.manager import StreamManager
+from hubruntime.streams.supervisor import IngestService
 
 log = logging.getLogger("hubruntime.hub")
 
@@ -50,6 +52,8 @@ class Hub:
         self.bus: EventBus | None = None
         self.manager: StreamManager | None = None
         self.plugins: PluginHost | None = None
+        self.rtsp: RtspServer | None = None
+        self.ingest: IngestService | None = None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -66,9 +70,14 @@ class Hub:
             streams = await manager.list()
             log.info("hub starting: data %s, %d stream(s), %d plugin(s)", cfg.data_dir,
                      len(streams), len(plugins))
+            registry = PublishRegistry()
+            self.rtsp = RtspServer(registry)
+            self.ingest = IngestService(manager, bus, self.rtsp, registry, cfg.health)
             async with trio.open_nursery() as nursery:
                 await nursery.start(run_event_log, store, bus, cfg.events.log_max_rows)
                 await nursery.start(self.plugins.run, plugins)
+                await nursery.start(self.rtsp.serve_publish, cfg.rtsp.internal_port)
+                await nursery.start(self.ingest.run)
                 log.info("hub ready")
                 task_status.started(self)
         finally:

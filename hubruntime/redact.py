@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]*)@")
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s]*)@")
 _QUERY_SECRET = re.compile(r"(?i)([?&](?:password|pass|pwd|token|secret|key|auth)=)[^&\s]*")
 
 

@@ -12,7 +12,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,17 +22,40 @@ from hubruntime.events import catalogue
 log = logging.getLogger("hubruntime.events")
 
 
-@dataclass(frozen=True, slots=True)
 class Published:
-    """An event as the bus delivers it: the event table plus its sequence number and UTC time."""
+    """An event as the bus delivers it: the event table plus its sequence number and UTC time.
 
-    seq: int
-    time: str
-    event: dict[str, Any]
+    The ISO time text and the JSON encoding are made on first use and kept: the event log needs
+    both, each plugin worker needs the JSON, and the hot path of ``publish`` needs neither.
+    """
+
+    __slots__ = ("seq", "wall", "event", "_time", "_json")
+
+    def __init__(self, seq: int, wall: float, event: dict[str, Any]) -> None:
+        self.seq = seq
+        self.wall = wall
+        self.event = event
+        self._time: str | None = None
+        self._json: bytes | None = None
 
     @property
     def name(self) -> str:
         return self.event["event"]
+
+    @property
+    def time(self) -> str:
+        if self._time is None:
+            self._time = _utc_text(self.wall)
+        return self._time
+
+    @property
+    def json_bytes(self) -> bytes:
+        if self._json is None:
+            self._json = catalogue.to_json(self.event).encode("utf-8")
+        return self._json
+
+    def __repr__(self) -> str:
+        return f"Published({self.seq}, {self.time}, {self.event!r})"
 
 
 class Mailbox:
@@ -135,7 +157,7 @@ class EventBus:
         return self._deliver(event)
 
     def _deliver(self, event: dict[str, Any]) -> Published:
-        item = Published(self._next_seq, _utc_now(), event)
+        item = Published(self._next_seq, time.time(), event)
         self._next_seq += 1
         for box, accept in self._subscribers:
             if accept is None or accept(item):
@@ -147,5 +169,6 @@ class EventBus:
         return self._next_seq - 1
 
 
-def _utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _utc_text(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")

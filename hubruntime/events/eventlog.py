@@ -10,7 +10,6 @@ import logging
 
 import trio
 
-from hubruntime.events import catalogue
 from hubruntime.events.bus import EventBus, Published
 from hubruntime.store import Store
 
@@ -28,7 +27,7 @@ async def run_event_log(store: Store, bus: EventBus, max_rows: int, *,
     try:
         while True:
             items: list[Published] = await box.get_batch(BATCH)
-            rows = [(p.seq, p.time, p.name, p.event.get("streamId"), catalogue.to_json(p.event))
+            rows = [(p.seq, p.time, p.name, p.event.get("streamId"), p.json_bytes.decode())
                     for p in items]
             try:
                 await trio.to_thread.run_sync(store.append_events, rows)
@@ -45,5 +44,5 @@ async def run_event_log(store: Store, bus: EventBus, max_rows: int, *,
         if rest:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(store.append_events, [
-                    (p.seq, p.time, p.name, p.event.get("streamId"), catalogue.to_json(p.event))
+                    (p.seq, p.time, p.name, p.event.get("streamId"), p.json_bytes.decode())
                     for p in rest])

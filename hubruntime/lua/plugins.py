@@ -13,6 +13,7 @@ other plugin notices. ``storage`` lives in the hub and survives; globals and tim
 
 from __future__ import annotations
 
+import json
 import logging
 import mmap
 import os
@@ -77,6 +78,7 @@ class PluginRunner:
         self._send_lock = trio.Lock()
         self._stream: trio.SocketStream | None = None
         self._proc: trio.Process | None = None
+        self.marker: mmap.mmap | None = None  # the current worker's run marker
         self._done: dict[int, trio.Event] = {}
         self._done_msg: dict[int, dict[str, Any]] = {}
         self._stopped = trio.Event()
@@ -102,8 +104,12 @@ class PluginRunner:
                 started = time.monotonic()
                 try:
                     await self._one_life()
-                except WorkerDied as exc:
-                    log.warning("plugin %s: worker ended: %s", self.plugin.id, exc)
+                except* WorkerDied as group:
+                    log.warning("plugin %s: worker ended: %s", self.plugin.id,
+                                group.exceptions[0])
+                except* Exception as group:  # a hub-side bug: log it, restart, harm no other
+                    log.error("plugin %s: runner failed; restarting", self.plugin.id,
+                              exc_info=group)
                 if self._stopping:
                     break
                 self.stats.restarts += 1
@@ -121,17 +127,23 @@ class PluginRunner:
                 try:
                     await self._send({"t": "stop", "teardown": self.plugin.teardown})
                     await self._stopped.wait()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                except WorkerDied:
                     pass
         if self._cancel is not None:
             self._cancel.cancel()
 
     async def _send(self, message: Any) -> None:
+        await self._send_raw(wire.encode(message))
+
+    async def _send_raw(self, data: bytes) -> None:
         stream = self._stream
         if stream is None:
             raise WorkerDied("no worker")
-        async with self._send_lock:
-            await stream.send_all(wire.encode(message))
+        try:
+            async with self._send_lock:
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise WorkerDied(f"worker connection lost: {exc!r}") from None
 
     async def _one_life(self) -> None:
         fd, marker_path = tempfile.mkstemp(prefix="hubruntime-marker-",
@@ -142,21 +154,27 @@ class PluginRunner:
         finally:
             os.close(fd)
         parent, child = socket.socketpair()
+        # the worker exits when this pipe's write end closes: when this life ends, or when the
+        # hub dies however it dies (PR_SET_PDEATHSIG would follow trio's spawning thread)
+        life_r, life_w = os.pipe()
         address_space = self.config.max_memory_mb * (1 << 20) + ADDRESS_SPACE_HEADROOM
         try:
             proc = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "hubruntime.lua.worker", str(child.fileno()), marker_path,
-                 str(address_space)],
-                pass_fds=(child.fileno(),),
+                 str(address_space), str(life_r)],
+                pass_fds=(child.fileno(), life_r),
                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
             )
         except BaseException:
             parent.close()
+            os.close(life_w)
             os.unlink(marker_path)
             raise
         finally:
             child.close()
+            os.close(life_r)
         self._proc = proc
+        self.marker = marker
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent))
         self.life_ready = trio.Event()
         self._stopped = trio.Event()
@@ -176,6 +194,8 @@ class PluginRunner:
                                "instruction_budget": self.config.instruction_budget},
                 })
                 await self.life_ready.wait()
+                os.unlink(marker_path)  # both sides have it mapped; nothing left behind
+                marker_path = ""
                 self.ready.set()
                 await self._feed(inflight, marker)
         finally:
@@ -188,10 +208,13 @@ class PluginRunner:
                 if proc.returncode is None:
                     proc.kill()
                 await proc.wait()
+                os.close(life_w)
                 await self._stream.aclose()
                 self._stream = None
+                self.marker = None
                 marker.close()
-                os.unlink(marker_path)
+                if marker_path:
+                    os.unlink(marker_path)
         if not self._stopping:
             raise WorkerDied(f"exit status {proc.returncode}")
 
@@ -221,7 +244,7 @@ class PluginRunner:
             inflight[:] = items
             clear_marker(marker)
             done = self._done[batch_id] = trio.Event()
-            await self._send({"t": "batch", "b": batch_id, "items": [_item(i) for i in items]})
+            await self._send_raw(wire.encode_batch(batch_id, [_item(i) for i in items]))
             await done.wait()
             msg = self._done_msg.pop(batch_id, {})
             del self._done[batch_id]
@@ -308,11 +331,11 @@ class PluginRunner:
         return False
 
 
-def _item(item: Any) -> list[Any]:
+def _item(item: Any) -> bytes:
     if isinstance(item, Published):
-        return ["e", item.event]
+        return b'["e",%b]' % item.json_bytes
     kind, ref, args = item
-    return [kind, ref, args]
+    return json.dumps([kind, ref, args], separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class PluginHost:

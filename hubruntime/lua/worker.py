@@ -20,6 +20,7 @@ import resource
 import socket
 import struct
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -232,7 +233,7 @@ class Worker:
                 self.send({"t": "fail", "what": _describe(item), "errors": problems[:5]})
                 if any("not enough memory" in p for p in problems):
                     used = sb.collect()
-                    if used > sb.limits.max_memory * 0.9:
+                    if used > sb.limits.max_memory * 0.75:
                         self.send({"t": "fail", "what": "worker", "errors": [
                             f"Lua memory still {used} bytes after a full collection: "
                             "restarting the worker"]})
@@ -294,23 +295,29 @@ def _lua_type(value: Any) -> str:
     return type(value).__name__
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when the hub dies, even if Lua is stuck in C."""
-    try:
-        import ctypes
+def _exit_with_hub(life_fd: int) -> None:
+    """End this process when the hub's end of the life pipe closes, even if Lua is stuck in a
+    C function: lupa releases the GIL while Lua runs, so this thread gets to run."""
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    except (OSError, AttributeError):
-        pass
+    def wait() -> None:
+        try:
+            while os.read(life_fd, 64):
+                pass
+        except OSError:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="hub-watch", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
     fd, marker_path, address_space = int(argv[0]), argv[1], int(argv[2])
-    parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:
-        return 0
+    if len(argv) > 3:
+        _exit_with_hub(int(argv[3]))
+    try:
+        os.nice(5)  # the hub that feeds this worker goes first when both want the CPU
+    except OSError:
+        pass
     if address_space > 0:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
     sock = socket.socket(fileno=fd)

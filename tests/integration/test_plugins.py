@@ -284,11 +284,16 @@ async def test_bad_arguments_give_lua_errors_naming_function(harness, nursery):
     """})
     await start(h, nursery, p)
     texts = "\n".join(h.texts("test.args"))
-    assert "1:storage.set_number: argument #2 'value' must be a number, got string" in texts
-    assert "2:timer.set_timeout: argument #1 'delayMs' must be a number, got string" in texts
-    assert "3:timer.set_timeout: argument #2 'script': no script 'scripts/nope'" in texts
-    assert "4:cameras.subscribe: argument #1 'script' must be a string, got number" in texts
-    assert "5:storage.get_number: key 's' holds a string, not a number" in texts
+    where = "HUB:test.args/scripts/startup"
+    assert f"1:{where}:5: storage.set_number: argument #2 'value' must be a number, got string" \
+        in texts
+    assert f"2:{where}:7: timer.set_timeout: argument #1 'delayMs' must be a number, got " \
+        "string" in texts
+    assert f"3:{where}:9: timer.set_timeout: argument #2 'script': no script 'scripts/nope'" \
+        in texts
+    assert f"4:{where}:11: cameras.subscribe: argument #1 'script' must be a string, got " \
+        "number" in texts
+    assert f"5:{where}:14: storage.get_number: key 's' holds a string, not a number" in texts
 
 
 async def test_teardown_runs_on_stop_and_workers_exit(tmp_path: Path):

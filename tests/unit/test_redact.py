@@ -11,3 +11,9 @@ def test_userinfo_removed_everywhere():
 def test_query_secrets_and_plain_urls():
     assert redact("http://h/p?user=a&password=xyz&x=1") == "http://h/p?user=a&password=***&x=1"
     assert redact("rtsp://127.0.0.1:8554/cam") == "rtsp://127.0.0.1:8554/cam"
+
+
+def test_raw_at_sign_inside_password():
+    out = redact("rtsp://viewer:p@ss@word@10.0.0.2/x and rtsp://h/y?x=a@b")
+    assert "ss" not in out.split("10.0.0.2")[0] and "word" not in out
+    assert out.startswith("rtsp://***@10.0.0.2/x")
