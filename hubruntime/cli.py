@@ -159,9 +159,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_fakecam(args: argparse.Namespace) -> int:
-    from hubruntime.fakecam.cli import main as fakecam_main
+    from hubruntime.fakecam.cli import run
 
-    return fakecam_main(args.rest)
+    return run(args)
 
 
 # parser ----------------------------------------------------------------------------------
@@ -202,9 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop after this long (default: run until Ctrl-C)")
     demo.set_defaults(func=cmd_demo)
 
-    fake = sub.add_parser("fakecam", help="serve a clip over RTSP with injectable faults",
-                          add_help=False)
-    fake.add_argument("rest", nargs=argparse.REMAINDER)
+    from hubruntime.fakecam.cli import add_arguments as fakecam_arguments
+
+    fake = sub.add_parser("fakecam", help="serve a clip over RTSP with injectable faults")
+    fakecam_arguments(fake)
     fake.set_defaults(func=cmd_fakecam)
 
     plugin = sub.add_parser("plugin", help="plugin author tools")

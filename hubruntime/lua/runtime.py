@@ -1,4 +1,4 @@
-"""The Lua sandbox of one plugin: a ``lupa.lua54`` runtime with its escapes closed and its limits set.
+"""The Lua sandbox of one plugin: a ``lupa.lua54`` runtime, its escapes closed, its limits set.
 
 Pure and in-process: it knows nothing of sockets or the hub. ``worker.py`` drives it inside the
 plugin's own process (so a C function that never returns can be killed), and ``plugin check``
@@ -9,12 +9,20 @@ Why each piece:
   count hook does not stop compiled loops (``dependency-notes.md``).
 - Plugins never see a Python object. Host functions are upvalues of Lua closures built by the
   bootstrap chunk, and ``debug`` is gone, so no script can reach them; values cross as plain Lua
-  values. The attribute filter is a second wall, not the first.
+  values. lupa would pass a returned dict, an object or a raised exception through as userdata,
+  so the host callbacks are wrapped (``_call_host``): data is converted or refused, exceptions
+  become error text. Strings going to Python are made valid UTF-8 first, as a failed decode
+  would also surface as a Python exception object. The attribute filter is a last wall.
 - The instruction budget is a count hook armed on every coroutine (a coroutine has its own hook)
   and reset per run (the count is cumulative). Once spent, the hook fires on every instruction, so
-  a ``pcall`` around the loop cannot swallow the error for long.
+  a ``pcall`` around the loop cannot swallow the error for long. Plugin code never runs unhooked:
+  an error object's ``__tostring`` is called inside the run, and ``__gc`` finalizers (which the
+  collector may run between runs, when no hook is armed) are refused by ``setmetatable``.
 - The string metatable is locked (``__metatable``) and the plugin gets copies of the standard
   tables, so tampering with ``string`` cannot change what ``("x"):rep`` does.
+- Errors name the plugin's ``HUB:<id>/scripts/<name>:<line>``, never a line of the bootstrap:
+  ``caller`` skips C frames and the bootstrap's own, and wrappers re-raise the errors of the C
+  functions they call at the plugin's line (``relay``).
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ import lupa.lua54 as lupa
 
 HOOK_EVERY = 1000
 """Instructions between two count-hook calls: cheap enough, fine enough for a budget."""
+
+_FLAT = frozenset({str, int, float, bool, type(None)})
+"""Value types ``table_from`` turns into plain Lua values (a bad str or int still raises)."""
 
 HUB_MODULES = ("cameras", "logging", "timer", "storage", "json")
 LOCAL_API = ("cameras.subscribe", "cameras.unsubscribe", "timer.set_timeout",
@@ -45,7 +56,7 @@ local co_create, co_wrap, co_running = coroutine.create, coroutine.wrap, corouti
 local error, pcall, type, tostring, select, pairs, ipairs, next =
       error, pcall, type, tostring, select, pairs, ipairs, next
 local setmetatable, rawset, string_format = setmetatable, rawset, string.format
-local load, table_concat, collectgarbage = load, table.concat, collectgarbage
+local load, table_concat, collectgarbage, utf8_len = load, table.concat, collectgarbage, utf8.len
 
 -- close the shared string metatable: getmetatable("") gives false, and the original string
 -- table behind method calls loses dump.
@@ -53,20 +64,72 @@ local string_mt = getmetatable("")
 string_mt.__metatable = false
 string.dump = nil
 
+-- Every string that crosses into Python must be UTF-8: lupa decodes it on the way, and a failed
+-- decode would hand the plugin a Python exception object (or raise out of run_script).
+local function valid_text(s)
+  if utf8_len(s) then return s end
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local ok, bad = utf8_len(s, i)
+    if ok then out[#out + 1] = s:sub(i) break end
+    out[#out + 1] = s:sub(i, bad - 1)
+    out[#out + 1] = "\u{FFFD}"
+    i = bad + 1
+  end
+  return table_concat(out)
+end
+
+-- where am I: "HUB:<id>/scripts/<name>:<line>" of the nearest plugin code up the stack, skipping
+-- C frames (so pcall(cameras.f, ...) still names the script and line) and this chunk's frames (so
+-- an error raised in a wrapper here, or by the hook while in one, names the plugin's line)
+local boot_source = getinfo(1, "S").source
+local function caller(level)
+  level = level + 1
+  local info = getinfo(level, "Sl")
+  while info and (info.what == "C" or info.source == boot_source) do
+    level = level + 1
+    info = getinfo(level, "Sl")
+  end
+  if not info then return "?" end
+  local src = info.source or "?"
+  local first = src:sub(1, 1)
+  -- a script's full name; for a chunk named by its text (load), Lua's short form
+  if first == "=" or first == "@" then src = src:sub(2) else src = info.short_src or "?" end
+  return valid_text(src .. ":" .. tostring(info.currentline or 0))
+end
+
+-- raise msg as the error of the plugin code at `where` (error(msg, 2) would name pcall, a C
+-- function, when the plugin calls pcall(cameras.f), and cut long names to 60 characters)
+local function fail(where, msg)
+  error(where .. ": " .. tostring(msg), 0)
+end
+
+-- a C function reports an error at its caller's line, which for a wrapper is a line of this
+-- chunk: call it protected and re-raise at the plugin's line (it runs no plugin code that could
+-- raise through it: load and coroutine.close return such errors as values)
+local function relay(ok, ...)
+  if ok then return ... end
+  fail(caller(1), (...))
+end
+
 -- instruction budget ------------------------------------------------------------------------
 local ticks_left = budget_ticks
 local spent = false
 local threads = setmetatable({}, {__mode = "k"})
+-- An error raised inside a hook leaves that thread with hooks off until the nearest pcall
+-- boundary puts them back. Until then no plugin code may run: not an xpcall message handler
+-- (see env.xpcall), not the __close of a coroutine the budget killed (see co_lib.close).
+local killed = setmetatable({}, {__mode = "k"})
 local hook, run
 hook = function()
   ticks_left = ticks_left - 1
   if ticks_left < 0 then
     if getinfo(2, "f").func == run then return end  -- the run wrapper itself, after pcall
-    if not spent then
-      spent = true
-    end
+    spent = true
+    local co, is_main = co_running()
+    if not is_main then killed[co] = true end
     sethook(hook, "", 1)  -- from now on every instruction fails, so pcall cannot hide the loop
-    error("instruction budget exceeded", 2)
+    fail(caller(2), "instruction budget exceeded")
   end
 end
 
@@ -89,7 +152,7 @@ end
 
 local co_lib = sandbox_copy(coroutine)
 co_lib.create = function(f)
-  local co = co_create(f)
+  local co = relay(pcall(co_create, f))
   threads[co] = true
   arm(co)
   return co
@@ -103,6 +166,13 @@ co_lib.wrap = function(f)
     return table.unpack(res, 2, res.n)
   end
 end
+local co_close, co_status = coroutine.close, coroutine.status
+co_lib.close = function(co)
+  if killed[co] and co_status(co) == "dead" then
+    return false, "instruction budget exceeded (its to-be-closed variables stay open)"
+  end
+  return relay(pcall(co_close, co))
+end
 
 -- the plugin's globals ----------------------------------------------------------------------
 local env = {}
@@ -112,58 +182,86 @@ local std = {
 }
 std.string.dump = nil
 for _, name in ipairs({"assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal",
-                       "rawget", "rawlen", "rawset", "select", "setmetatable", "getmetatable",
-                       "tonumber", "tostring", "type", "xpcall", "_VERSION"}) do
+                       "rawget", "rawlen", "rawset", "select", "getmetatable",
+                       "tonumber", "tostring", "type", "_VERSION"}) do
   env[name] = _G[name]
+end
+local xpcall = xpcall
+env.xpcall = function(f, handler, ...)
+  if type(handler) ~= "function" then return relay(pcall(xpcall, f, handler, ...)) end
+  return xpcall(f, function(e)
+    if spent then return e end  -- maybe raised by the hook: hooks are off, skip plugin code
+    return handler(e)
+  end, ...)
 end
 for name, lib in pairs(std) do env[name] = lib end
 env.os = {time = os.time, clock = os.clock, date = os.date, difftime = os.difftime}
 env._G = env
+-- a finalizer runs whenever the collector gets to it, also between runs with no hook armed (in a
+-- later table_from, in LuaSandbox.collect), so it would escape the budget: refuse __gc.
+env.setmetatable = function(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    fail(caller(1), "setmetatable: __gc finalizers are not allowed in a plugin")
+  end
+  return relay(pcall(setmetatable, t, mt))
+end
 env.collectgarbage = function(opt, ...)
   if opt == nil or opt == "collect" or opt == "count" or opt == "step" then
-    return collectgarbage(opt, ...)
+    return relay(pcall(collectgarbage, opt, ...))
   end
-  error("collectgarbage: option '" .. tostring(opt) .. "' is not allowed in a plugin", 2)
+  fail(caller(1), "collectgarbage: option '" .. tostring(opt) .. "' is not allowed in a plugin")
 end
 env.load = function(chunk, name, mode, chunk_env)
   if mode ~= nil and mode ~= "t" then
     return nil, "load: only text chunks may be loaded in a plugin (mode 't')"
   end
-  return load(chunk, name, "t", chunk_env or env)
-end
-
--- where am I: "HUB:<id>/scripts/<name>:<line>" of the calling plugin code
-local function caller(level)
-  local info = getinfo(level + 1, "Sl")
-  if not info then return "?" end
-  local src = info.source or "?"
-  if src:sub(1, 1) == "=" or src:sub(1, 1) == "@" then src = src:sub(2) end
-  return src .. ":" .. tostring(info.currentline or 0)
+  return relay(pcall(load, chunk, name, "t", chunk_env or env))
 end
 
 local function call(name)
   return function(...)
-    local ok, v = host_call(name, caller(2), ...)
-    if not ok then error(v, 2) end
+    local where = caller(2)
+    for i = 1, select("#", ...) do
+      local a = select(i, ...)
+      if type(a) == "string" and not utf8_len(a) then
+        fail(where, string_format("%s: argument #%d is not valid UTF-8 text", name, i))
+      end
+    end
+    local ok, v = host_call(name, where, ...)
+    if not ok then fail(where, v) end
     return v
   end
+end
+
+local function text_of(v)
+  local ok, s = pcall(tostring, v)
+  if ok then return s end
+  if s == "'__tostring' must return a string" then fail(caller(1), s) end
+  error(s, 0)  -- raised by the plugin's own __tostring, with its own file:line
 end
 
 local function render(...)
   local n = select("#", ...)
   local parts = {}
-  for i = 1, n do parts[i] = tostring((select(i, ...))) end
-  return table_concat(parts, "\t")
+  for i = 1, n do parts[i] = text_of((select(i, ...))) end
+  return valid_text(table_concat(parts, "\t"))
 end
-env.print = function(...) host_log("info", caller(2), render(...)) end
+env.print = function(...)
+  local where = caller(2)
+  local err = host_log("info", where, render(...))
+  if err then fail(where, err) end
+end
 
 local modules = {}
 local function level_fn(level)
   return function(msg, ...)
-    if select("#", ...) > 0 then error("logging." .. level .. ": takes one argument", 2) end
-    local ok, v = host_call("logging.format", caller(2), msg)
-    if not ok then error(v, 2) end
-    host_log(level, caller(2), v)
+    local where = caller(2)
+    if select("#", ...) > 0 then fail(where, "logging." .. level .. ": takes one argument") end
+    if type(msg) == "string" then msg = valid_text(msg) end
+    local ok, v = host_call("logging.format", where, msg)
+    if not ok then fail(where, v) end
+    local err = host_log(level, where, v)
+    if err then fail(where, err) end
   end
 end
 modules.logging = {}
@@ -204,12 +302,12 @@ for _, m in ipairs(granted) do granted_set[m] = true end
 
 env.require = function(name)
   if type(name) ~= "string" then
-    error("require: module name must be a string, got " .. type(name), 2)
+    fail(caller(1), "require: module name must be a string, got " .. type(name))
   end
   if modules[name] then
     if not granted_set[name] then
-      error(string_format("require: module '%s' is not granted to plugin %s " ..
-                          "(add it to \"permissions\" in config.json)", name, plugin_id), 2)
+      fail(caller(1), string_format("require: module '%s' is not granted to plugin %s " ..
+                                    "(add it to \"permissions\" in config.json)", name, plugin_id))
     end
     return modules[name]
   end
@@ -222,7 +320,8 @@ env.require = function(name)
     end
     return loaded[addr]
   end
-  error(string_format("require: module '%s' is not available to plugin %s", name, plugin_id), 2)
+  fail(caller(1), string_format("require: module '%s' is not available to plugin %s", name,
+                                plugin_id))
 end
 
 local function find(name)
@@ -234,9 +333,15 @@ end
 run = function(fn, ...)
   reset_budget()
   local ok, err = pcall(fn, ...)
+  if not ok and type(err) ~= "string" then
+    -- a __tostring metamethod is plugin code: it runs here, still under the budget
+    local tok, text = pcall(tostring, err)
+    err = tok and type(text) == "string" and text
+          or "(an error object that could not be turned into text)"
+  end
   sethook()
   if ok then return true, nil end
-  return false, tostring(err)
+  return false, valid_text(err)
 end
 
 local function run_script(name, ...)
@@ -249,7 +354,9 @@ end
 local subs, sub_order, next_sub = {}, {}, 0
 local function subscribe(name)
   local fn, addr = find(name)
-  if not fn then return nil, "cameras.subscribe: no script '" .. tostring(name) .. "' in plugin " .. plugin_id end
+  if not fn then
+    return nil, "cameras.subscribe: no script '" .. tostring(name) .. "' in plugin " .. plugin_id
+  end
   next_sub = next_sub + 1
   local id = plugin_id .. "#" .. next_sub
   subs[id] = fn
@@ -345,10 +452,12 @@ class LuaSandbox:
             max_memory=limits.max_memory,
         )
         lua = self._lua
+        self._host_call = host_call
+        self._host_log = host_log
         boot = lua.execute(
             _BOOTSTRAP,
-            host_call,
-            host_log,
+            self._call_host,
+            self._log_host,
             plugin_id,
             lua.table_from([p for p in permissions if p in HUB_MODULES]),
             lua.table_from(list(LOCAL_API + tuple(api_functions))),
@@ -366,6 +475,33 @@ class LuaSandbox:
         self._drop_timer_fn = boot["drop_timer_fn"]
         self.table_from = lua.table_from
 
+    # the host, as Lua sees it ------------------------------------------------------------
+    def _call_host(self, name: str, where: str, *args: Any) -> tuple[bool, Any]:
+        """``host_call`` behind a wall: what goes back to Lua is Lua data or an error text.
+
+        lupa would hand a returned dict, object or raised exception to Lua as a Python object
+        (userdata with lupa's metatable, ``__gc`` included); a plugin must never hold one. Sets,
+        objects and unencodable text are refused here with a message naming the function.
+        """
+        try:
+            ok, value = self._host_call(name, where, *args)
+        except Exception as exc:  # nothing may raise into Lua
+            return False, _text(f"{name}: {exc}")
+        if not ok:
+            return False, _text(value if isinstance(value, str) else f"{name}: {value}")
+        try:
+            return True, self.to_lua(value)
+        except Exception as exc:  # ValueError, or a LuaMemoryError from table_from
+            return False, _text(f"{name}: returned a value a plugin cannot hold: {exc}")
+
+    def _log_host(self, level: str, where: str, msg: str) -> bytes | None:
+        """``host_log``; a failure comes back as text for Lua to raise, never as an exception."""
+        try:
+            self._host_log(level, where, msg)
+        except Exception as exc:  # nothing may raise into Lua
+            return _text(f"logging.{level}: {exc}")
+        return None
+
     # scripts -----------------------------------------------------------------------------
     def compile(self, name: str, source: str) -> None:
         """Compile ``scripts/<name>``; a syntax error raises ScriptError with file:line."""
@@ -380,7 +516,7 @@ class LuaSandbox:
 
     def dispatch(self, event: Mapping[str, Any]) -> list[str]:
         """Run every subscribed script with the event table; returns the failures' messages."""
-        failures = self._dispatch(self._lua.table_from(event, recursive=True))
+        failures = self._dispatch(self._event_table(event))
         return [] if failures is None else [str(v) for v in failures.values()]
 
     def subscribe(self, address: str) -> tuple[str | None, str | None]:
@@ -414,10 +550,46 @@ class LuaSandbox:
         return self.memory_used()
 
     # value conversion ------------------------------------------------------------------------
-    def to_lua(self, value: Any) -> Any:
-        if isinstance(value, dict | list | tuple):
-            return self._lua.table_from(value, recursive=True)
-        return value
+    def _event_table(self, event: Mapping[str, Any]) -> Any:
+        """The event as a Lua table; a flat event of plain values (nearly all) takes
+        ``table_from``'s fast path, anything else the checked ``to_lua``."""
+        for k, v in event.items():
+            if type(k) is not str or type(v) not in _FLAT:
+                return self.to_lua(event)
+        return self._lua.table_from(event)
+
+    def to_lua(self, value: Any, _depth: int = 0) -> Any:
+        """Plain Python data as Lua data: mappings and sequences become tables (1-based arrays).
+
+        Anything else raises ValueError rather than reaching Lua as a Python object; an int
+        beyond 64 bits becomes a float, as the same numeral does in Lua source. Values that are
+        already Lua values of this runtime pass through.
+        """
+        if value is None or isinstance(value, bool | float | bytes):
+            return value
+        if isinstance(value, str):
+            return value.encode()  # what lupa would do, but a lone surrogate fails here
+        if isinstance(value, int):
+            return value if -(1 << 63) <= value < (1 << 63) else float(value)
+        if lupa.lua_type(value) is not None:
+            return value
+        if _depth >= 64:
+            raise ValueError("data nested too deeply (or it contains itself)")
+        if isinstance(value, Mapping):
+            table = {}
+            for k, v in value.items():
+                if not isinstance(k, str | int | float) or isinstance(k, bool):
+                    raise ValueError(f"a table key of type {type(k).__name__}")
+                table[self.to_lua(k)] = self.to_lua(v, _depth + 1)
+            return self._lua.table_from(table)
+        if isinstance(value, list | tuple):
+            return self._lua.table_from([self.to_lua(v, _depth + 1) for v in value])
+        raise ValueError(f"a {type(value).__name__} cannot be handed to a plugin")
+
+
+def _text(message: str) -> bytes:
+    """An error text for Lua: UTF-8 bytes, whatever the message holds."""
+    return message.encode("utf-8", "backslashreplace")
 
 
 def lua_to_python(value: Any, _depth: int = 0) -> Any:

@@ -220,14 +220,17 @@ class Worker:
         for index, item in enumerate(msg["items"]):
             kind = item[0]
             marker.begin(index)
-            if kind == "e":
-                problems = sb.dispatch(item[1])
-            elif kind == "s":
-                err = sb.run_script(item[1], item[2])
-                problems = [err] if err else []
-            else:  # "f": a timer's Lua function
-                err = sb.run_timer_function(item[1], item[2])
-                problems = [err] if err else []
+            try:
+                if kind == "e":
+                    problems = sb.dispatch(item[1])
+                elif kind == "s":
+                    err = sb.run_script(item[1], item[2])
+                    problems = [err] if err else []
+                else:  # "f": a timer's Lua function
+                    err = sb.run_timer_function(item[1], item[2])
+                    problems = [err] if err else []
+            except Exception as exc:  # data Lua cannot take (e.g. a lone surrogate in a string)
+                problems = [f"could not hand the item to Lua: {exc}"]
             marker.end()
             if problems:
                 self.send({"t": "fail", "what": _describe(item), "errors": problems[:5]})

@@ -53,6 +53,11 @@ PACKET_DELAY = "camera_packet_delay"
 ACCUMULATED_DELAY = "camera_accumulated_delay"
 
 
+CLOCK_JUMP_SECS = 1.0
+"""A timestamp step this far from the arrival step, with no gap, is a clock jump, not lag
+(B-frame reordering moves timestamps by a few frames, far less)."""
+
+
 @dataclass(frozen=True)
 class Track:
     """One media of the stream, as the SDP describes it.
@@ -95,6 +100,8 @@ class _TrackState:
         "max_ts",
         "floor",
         "lag",
+        "prev_arrival",
+        "prev_ts",
     )
 
     def __init__(self, track: Track, now: float) -> None:
@@ -108,6 +115,8 @@ class _TrackState:
         self.max_ts = 0
         self.floor = 0.0
         self.lag = 0.0
+        self.prev_arrival = now
+        self.prev_ts = 0
 
 
 class HealthMonitor:
@@ -255,9 +264,22 @@ class HealthMonitor:
     def _update_lag(self, st: _TrackState, now: float, ts: int) -> float:
         if st.first_arrival is None:
             st.first_arrival = now
-            st.first_ts = st.max_ts = ts
+            st.first_ts = st.max_ts = st.prev_ts = ts
+            st.prev_arrival = now
             st.floor = st.lag = 0.0
             return 0.0
+        clock = st.track.clock_rate
+        step = now - st.prev_arrival
+        jump = (ts - st.prev_ts) / clock - step
+        st.prev_arrival, st.prev_ts = now, ts
+        if abs(jump) > CLOCK_JUMP_SECS and step < self.packet_delay_secs:
+            # Timestamps leapt while packets kept arriving at their pace: the camera's clock
+            # (or FFmpeg re-anchoring on a sender report) jumped, the media did not. Move the
+            # reference with it, so the lag neither drops nor grows by the leap. A leap back
+            # after a *gap* is not this: that is a camera resuming where it left, a real lag.
+            shift = round(jump * clock)
+            st.first_ts += shift
+            st.max_ts = max(st.max_ts + shift, ts)
         if ts > st.max_ts:
             st.max_ts = ts
         media = (st.max_ts - st.first_ts) / st.track.clock_rate

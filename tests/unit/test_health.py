@@ -338,7 +338,7 @@ def test_lag_and_state_by_hand():
     assert m.lag_secs(0) == 0.0
     m.on_rtp(3.0, 0, 2, 1000 + 2 * 90000)  # 1 s of media in 2.5 s: 1.5 s behind the best
     assert m.lag_secs(0) == pytest.approx(1.5)
-    m.on_rtp(3.1, 0, 3, 1000 + 90000)  # a B-frame: the highest timestamp counts
+    m.on_rtp(3.1, 0, 3, 1000 + 2 * 90000 - 10800)  # a B-frame: the highest timestamp counts
     assert m.lag_secs(0) == pytest.approx(1.6)
     events = m.on_rtp(7.6, 0, 4, 1000 + 3 * 90000)
     assert events == [
@@ -365,3 +365,31 @@ def test_constructor_checks():
         Track(0, "video", 0)
     with pytest.raises(ValueError, match="kind"):
         Track(0, "data", 90000)  # type: ignore[arg-type]
+
+
+def test_clock_jumps_without_a_gap_are_absorbed():
+    """A camera clock leaping ahead or back while packets keep their pace is not lag; nor is a
+    leap ahead followed by a leap back (FFmpeg re-anchoring on the next sender report)."""
+    for leaps in ([10.0], [-10.0], [10.0, -10.0], [-3.0, 6.0, -20.0]):
+        m = HealthMonitor([Track(0, "video", 90000)], accumulated_delay_secs=2.0)
+        m.start(0.0)
+        offset = 0.0
+        events = []
+        for i in range(25 * 60):  # 60 s at 25 fps
+            t = i / 25
+            if i and i % 250 == 0 and leaps:
+                offset += leaps.pop(0)
+            events += m.on_rtp(t, 0, i & 0xFFFF, int((t + offset) * 90000 + 5000) & 0xFFFFFFFF)
+            events += m.poll(t)
+        assert events == [], leaps
+        assert m.lag_secs(0) < 0.1
+
+
+def test_leap_back_after_a_gap_is_real_lag():
+    m = HealthMonitor([Track(0, "video", 90000)], accumulated_delay_secs=2.0)
+    m.start(0.0)
+    for i in range(50):
+        m.on_rtp(i / 25, 0, i, i * 3600)
+    # 3 s of nothing, then the camera goes on from where it stopped
+    events = m.on_rtp(2.0 + 3.0, 0, 50, 50 * 3600)
+    assert [e.name for e in events] == [PACKET_DELAY, ACCUMULATED_DELAY]
