@@ -164,6 +164,7 @@ class PluginRunner:
                  str(address_space), str(life_r)],
                 pass_fds=(child.fileno(), life_r),
                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                start_new_session=True,  # a terminal's Ctrl-C is for the hub, which stops us
             )
         except BaseException:
             parent.close()

@@ -179,7 +179,9 @@ class StreamSupervisor:
         started = trio.current_time()
         proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.DEVNULL,
                                                 stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.PIPE)
+                                                stderr=subprocess.PIPE,
+                                                # Ctrl-C in a terminal is for the hub alone
+                                                start_new_session=True)
         self.pid = proc.pid
         log.info("stream %s: reader started (pid %d) for %s", self.sid, proc.pid,
                  redact(self.rec.rtsp_url))

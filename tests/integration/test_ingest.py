@@ -324,3 +324,48 @@ def _ffmpeg_children() -> list[int]:
         if ppid == me and comm.startswith("ffmpeg"):
             out.append(int(entry.name))
     return out
+
+
+async def test_plugins_see_health_events_and_stream_state(tmp_path, nursery, capture):
+    """The chain a plugin author relies on: fault → event table → script → cameras state."""
+    plugin = tmp_path / "plugins" / "test.watch"
+    (plugin / "scripts").mkdir(parents=True)
+    (plugin / "config.json").write_text(
+        '{"id": "test.watch", "version": "1", "permissions": ["cameras", "logging"], '
+        '"startup": "scripts/startup"}')
+    (plugin / "scripts" / "startup.lua").write_text(
+        'require("cameras").subscribe("scripts/on_event")\n')
+    (plugin / "scripts" / "on_event.lua").write_text("""
+local params = ...
+local cameras = require("cameras")
+local s = cameras.get_camera_stream(params.streamId)
+require("logging").info(params.event .. " " .. tostring(params.track) .. " state=" .. s.state
+    .. " url=" .. tostring(s.rtspUrl))
+""")
+    cfg = HubConfig(data_dir=tmp_path / "data", plugin_dirs=(plugin,))
+    hub = Hub(cfg)
+    await nursery.start(hub.run)
+    assert hub.plugins is not None and hub.manager is not None
+    lines: list[str] = []
+    changed = trio.Event()
+
+    def on_log(pid: str, level: str, where: str, text: str) -> None:
+        nonlocal changed
+        lines.append(text)
+        changed.set()
+        changed = trio.Event()
+
+    hub.plugins.log_listeners.append(on_log)
+    cam = await start_camera(nursery, capture)
+    await hub.manager.add("cam1", "Cam", cam.url)
+    with trio.fail_after(10):
+        while hub.manager.state("cam1").state != "streaming":
+            await trio.sleep(0.02)
+    cam.stall_video(2.0)
+    with trio.fail_after(5):
+        while not any(t.startswith("camera_packet_delay video") for t in lines):
+            await changed.wait()
+    assert "camera_packet_delay video state=delayed url=nil" in lines
+    with trio.fail_after(5):
+        while hub.manager.state("cam1").state != "streaming":
+            await trio.sleep(0.02)
