@@ -25,6 +25,7 @@ def _config(args: argparse.Namespace) -> HubConfig:
         getattr(args, "config", None),
         data_dir=getattr(args, "data_dir", None),
         plugin_dirs=tuple(getattr(args, "plugins", None) or ()),
+        rtsp_port=getattr(args, "rtsp_port", None),
     )
 
 
@@ -178,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--plugins", type=Path, action="append", metavar="DIR",
                      help="a plugin folder, or a folder of plugin folders (repeatable)")
+    run.add_argument("--rtsp-port", type=int, metavar="PORT",
+                     help="port of the hub's RTSP server for viewers (default 5554)")
     run.set_defaults(func=cmd_run)
 
     streams = sub.add_parser("streams", help="the camera stream registry")

@@ -109,6 +109,7 @@ def load_config(
     *,
     data_dir: Path | None = None,
     plugin_dirs: tuple[Path, ...] = (),
+    rtsp_port: int | None = None,
 ) -> HubConfig:
     """Read ``path`` (if given) and apply command-line overrides on top of it."""
     raw: dict[str, Any] = {}
@@ -141,6 +142,8 @@ def load_config(
             raise ConfigError(f"{where}: unknown key '{key}'")
     if data_dir is not None:
         kwargs["data_dir"] = Path(data_dir)
+    if rtsp_port is not None:
+        kwargs["rtsp"] = dataclasses.replace(kwargs.get("rtsp", RtspConfig()), port=rtsp_port)
     if plugin_dirs:
         kwargs["plugin_dirs"] = tuple(kwargs.get("plugin_dirs", ())) + tuple(plugin_dirs)
     return HubConfig(**kwargs)

@@ -20,6 +20,8 @@ from hubruntime.lua.manifest import ManifestError, Plugin, discover, load_plugin
 from hubruntime.lua.modules.cameras import CamerasModule
 from hubruntime.lua.modules.storage import StorageModule
 from hubruntime.lua.plugins import PluginHost
+from hubruntime.netaddr import lan_address
+from hubruntime.rtsp.live import LiveStreams
 from hubruntime.rtsp.server import PublishRegistry, RtspServer
 from hubruntime.store import Store
 from hubruntime.streams.manager import StreamManager
@@ -54,6 +56,7 @@ class Hub:
         self.plugins: PluginHost | None = None
         self.rtsp: RtspServer | None = None
         self.ingest: IngestService | None = None
+        self.live: LiveStreams | None = None
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -64,20 +67,25 @@ class Hub:
             self.bus = bus = EventBus(first_seq=first_seq,
                                       queue_size=cfg.events.subscriber_queue_size)
             self.manager = manager = StreamManager(store)
-            handlers = {**CamerasModule(manager).handlers(), **StorageModule(store).handlers()}
+            registry = PublishRegistry()
+            self.rtsp = RtspServer(registry)
+            self.ingest = ingest = IngestService(manager, bus, self.rtsp, registry, cfg.health)
+            self.live = live = LiveStreams(manager, bus, ingest.hubs.get,
+                                           host=lan_address(cfg.advertise_host),
+                                           port=cfg.rtsp.port, bind=cfg.rtsp.bind)
+            handlers = {**CamerasModule(manager).handlers(), **StorageModule(store).handlers(),
+                        **live.handlers()}
             self.plugins = PluginHost(cfg.lua, bus, handlers)
             plugins = load_plugins(cfg.plugin_dirs)
             streams = await manager.list()
             log.info("hub starting: data %s, %d stream(s), %d plugin(s)", cfg.data_dir,
                      len(streams), len(plugins))
-            registry = PublishRegistry()
-            self.rtsp = RtspServer(registry)
-            self.ingest = IngestService(manager, bus, self.rtsp, registry, cfg.health)
             async with trio.open_nursery() as nursery:
                 await nursery.start(run_event_log, store, bus, cfg.events.log_max_rows)
-                await nursery.start(self.plugins.run, plugins)
                 await nursery.start(self.rtsp.serve_publish, cfg.rtsp.internal_port)
-                await nursery.start(self.ingest.run)
+                await nursery.start(ingest.run)
+                await nursery.start(live.run)
+                await nursery.start(self.plugins.run, plugins)
                 log.info("hub ready")
                 task_status.started(self)
         finally:

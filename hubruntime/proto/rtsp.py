@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1 << 20
+MAX_REQUEST_LINE = 8192  # bytes of the start line, its line end excluded
+MAX_HEADERS = 100  # header lines after the start line, continuation lines included
+_MAX_LENGTH_DIGITS = 12  # longer Content-Length values are too large whatever they say
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 REASONS = {
@@ -118,15 +121,24 @@ class RtspParser:
     Requests, responses and interleaved frames may come in any order and split anywhere.
     """
 
-    def __init__(self, *, max_header: int = MAX_HEADER_BYTES, max_body: int = MAX_BODY_BYTES
-                 ) -> None:
+    def __init__(self, *, max_header: int = MAX_HEADER_BYTES, max_body: int = MAX_BODY_BYTES,
+                 max_line: int = MAX_REQUEST_LINE, max_headers: int = MAX_HEADERS) -> None:
         self._buf = bytearray()
         self._max_header = max_header
         self._max_body = max_body
+        self._max_line = max_line
+        self._max_headers = max_headers
         self._pending: Request | Response | None = None
         self._body_len = 0
 
     def feed(self, data: bytes) -> list[Item]:
+        """Add received bytes; return the items they complete, in order.
+
+        Raises ``ProtocolError`` on a malformed or oversized message, as soon as the bytes show
+        it: a peer cannot make us buffer more than the limits (start line, header block, body,
+        one interleaved frame) before we answer and close. Items completed earlier in the same
+        call are lost with the error; the connection is over anyway.
+        """
         buf = self._buf
         buf += data
         out: list[Item] = []
@@ -155,10 +167,13 @@ class RtspParser:
             if first in (0x0D, 0x0A):  # stray line ends between messages are allowed
                 pos += 1
                 continue
+            self._check_start_line(buf, pos, n)
             end = buf.find(b"\r\n\r\n", pos)
             alt = buf.find(b"\n\n", pos)
             if end < 0 and alt < 0:
-                if n - pos > self._max_header:
+                # +3: the bytes so far may end with all but the last byte of "\r\n\r\n", and a
+                # header that fits must not fail just because it arrived split there.
+                if n - pos > self._max_header + 3:
                     raise ProtocolError("message header too large", 413)
                 break
             if end < 0 or (0 <= alt < end):
@@ -172,9 +187,13 @@ class RtspParser:
             length_text = msg.headers.get("Content-Length")
             length = 0
             if length_text is not None:
-                if not length_text.strip().isdigit():
-                    raise ProtocolError(f"bad Content-Length {length_text!r}")
-                length = int(length_text)
+                digits = length_text.strip()
+                # isascii: str.isdigit() also accepts digits int() refuses, such as "²"
+                if not (digits.isascii() and digits.isdigit()):
+                    raise ProtocolError(f"bad Content-Length {length_text[:40]!r}")
+                if len(digits.lstrip("0")) > _MAX_LENGTH_DIGITS:  # and int() refuses 4300+
+                    raise ProtocolError("body too large", 413)
+                length = int(digits)
                 if length > self._max_body:
                     raise ProtocolError(f"body of {length} bytes is too large", 413)
             if length:
@@ -186,9 +205,29 @@ class RtspParser:
             del buf[:pos]
         return out
 
-    @staticmethod
-    def _parse_head(head: bytes) -> Request | Response:
+    def _check_start_line(self, buf: bytearray, pos: int, n: int) -> None:
+        """414 as soon as the start line is known to be too long, complete or not.
+
+        Checked before waiting for the end of the header block, so that a start line with no
+        line end costs us ``max_line`` bytes, not ``max_header``.
+        """
+        limit = self._max_line
+        lf = buf.find(b"\n", pos, min(n, pos + limit + 2))
+        if lf < 0:
+            length = min(n, pos + limit + 2) - pos
+            if length and buf[pos + length - 1] == 0x0D:
+                length -= 1  # may be the CR of a CRLF still on its way
+        else:
+            length = lf - pos
+            if length and buf[lf - 1] == 0x0D:
+                length -= 1
+        if length > limit:
+            raise ProtocolError(f"start line longer than {limit} bytes", 414)
+
+    def _parse_head(self, head: bytes) -> Request | Response:
         lines = head.replace(b"\r\n", b"\n").split(b"\n")
+        if len(lines) - 1 > self._max_headers:
+            raise ProtocolError(f"too many headers (over {self._max_headers})")
         start = lines[0]
         try:
             text = start.decode("utf-8")
@@ -213,7 +252,7 @@ class RtspParser:
                                    value.strip().decode("utf-8", "replace")))
         if parts[0].startswith("RTSP/"):
             version, status, reason = parts
-            if not status.isdigit() or len(status) != 3:
+            if not (status.isascii() and status.isdigit()) or len(status) != 3:
                 raise ProtocolError(f"malformed status line {text[:80]!r}")
             return Response(int(status), reason, headers, version=version)
         method, uri, version = parts

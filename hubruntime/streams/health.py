@@ -277,6 +277,11 @@ class HealthMonitor:
             # (or FFmpeg re-anchoring on a sender report) jumped, the media did not. Move the
             # reference with it, so the lag neither drops nor grows by the leap. A leap back
             # after a *gap* is not this: that is a camera resuming where it left, a real lag.
+            # A leap ahead first pays back lag the stream really had (FFmpeg, after a camera
+            # stall, resumes the old timestamps and jumps them ahead at the next sender report:
+            # that is the stream catching up, not a clock jump); only the rest is absorbed.
+            if jump > 0:
+                jump -= min(jump, st.lag)
             shift = round(jump * clock)
             st.first_ts += shift
             st.max_ts = max(st.max_ts + shift, ts)

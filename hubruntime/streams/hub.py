@@ -39,6 +39,7 @@ class StreamHub:
         self._publisher_changed = trio.Event()
         self.packets = 0
         self.bytes = 0
+        self.viewers = 0  # live viewers attached: the publisher is read without batching
         self._on_start: list[Callable[[Publication], None]] = []
         self._on_stop: list[Callable[[], None]] = []
 

@@ -84,7 +84,7 @@ class StreamSupervisor:
             events = monitor.on_rtp(now, media, header.seq, header.timestamp)
         if events:
             self._emit(events)
-        elif monitor.state == "streaming" and self._state() == "delayed":
+        elif self._state() == "delayed" and monitor.state == "streaming":
             self._set_state("streaming")
 
     def _emit(self, events: list[HealthEvent]) -> None:

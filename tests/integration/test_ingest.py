@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from hubruntime.config import HealthConfig, HubConfig
+from hubruntime.config import HealthConfig, HubConfig, RtspConfig
 from hubruntime.events.bus import Mailbox, Published
 from hubruntime.fakecam.clip import capture_packets, default_cache_dir, ensure_clip
 from hubruntime.fakecam.server import FakeCamera
@@ -85,7 +85,8 @@ class Rig:
 
 
 async def start_rig(tmp_path: Path, nursery: trio.Nursery, **health: Any) -> Rig:
-    cfg = HubConfig(data_dir=tmp_path / "data", health=HealthConfig(**health))
+    cfg = HubConfig(data_dir=tmp_path / "data", health=HealthConfig(**health),
+                    rtsp=RtspConfig(port=0, bind="127.0.0.1"), advertise_host="127.0.0.1")
     hub = Hub(cfg)
     await nursery.start(hub.run)
     assert hub.bus is not None
@@ -342,7 +343,8 @@ local s = cameras.get_camera_stream(params.streamId)
 require("logging").info(params.event .. " " .. tostring(params.track) .. " state=" .. s.state
     .. " url=" .. tostring(s.rtspUrl))
 """)
-    cfg = HubConfig(data_dir=tmp_path / "data", plugin_dirs=(plugin,))
+    cfg = HubConfig(data_dir=tmp_path / "data", plugin_dirs=(plugin,),
+                    rtsp=RtspConfig(port=0, bind="127.0.0.1"))
     hub = Hub(cfg)
     await nursery.start(hub.run)
     assert hub.plugins is not None and hub.manager is not None

@@ -393,3 +393,32 @@ def test_leap_back_after_a_gap_is_real_lag():
     # 3 s of nothing, then the camera goes on from where it stopped
     events = m.on_rtp(2.0 + 3.0, 0, 50, 50 * 3600)
     assert [e.name for e in events] == [PACKET_DELAY, ACCUMULATED_DELAY]
+
+
+def test_catch_up_leap_after_a_stall_repays_the_lag():
+    """FFmpeg's pattern after a camera stall: the timestamps resume where they stopped (the gap
+    looks like lag), then leap ahead at the next sender report. Three such stalls must not add
+    up to an accumulated delay."""
+    m = HealthMonitor([Track(0, "video", 90000)], accumulated_delay_secs=5.0)
+    m.start(0.0)
+    t, ts, seq, events = 0.0, 0, 0, []
+    for _stall in range(3):
+        for _ in range(150):  # 6 s of steady frames
+            t += 0.04
+            ts += 3600
+            seq += 1
+            events += m.on_rtp(t, 0, seq, ts)
+        t += 2.0  # 2 s stall; the next frames carry on the old timestamps ...
+        for i in range(3):
+            t += 0.04 if i else 0.0
+            ts += 3600
+            seq += 1
+            events += m.on_rtp(t, 0, seq, ts)
+        ts += 2 * 90000  # ... and then leap ahead by the stall
+    for _ in range(10):
+        t += 0.04
+        ts += 3600
+        seq += 1
+        events += m.on_rtp(t, 0, seq, ts)
+    assert [e.name for e in events] == [PACKET_DELAY] * 3
+    assert m.lag_secs(0) < 0.2

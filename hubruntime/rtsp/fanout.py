@@ -1,0 +1,156 @@
+"""Fan-out of one stream's packets to its viewers, from the single upstream.
+
+The publisher's connection task calls ``Fanout.on_packet`` for every packet; it must never wait,
+so each viewer has a bounded ``ViewerQueue`` and its own writer task. A viewer that falls behind
+loses its queue and waits for the next keyframe (a picture that starts cleanly beats a smeared
+one); a viewer that makes no progress for too long is dropped. Nothing a viewer does slows the
+others or the health monitor, which sits on the same packets.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+from hubruntime.streams.gop import GopCache
+from hubruntime.streams.hub import StreamHub
+
+log = logging.getLogger("hubruntime.rtsp")
+
+Packet = tuple[int, bool, bytes]  # media, is_rtcp, bytes
+
+
+class ViewerQueue:
+    """Packets waiting for one viewer. ``push`` never blocks; ``take`` waits for some."""
+
+    def __init__(self, media: set[int], *, max_packets: int = 4096, max_bytes: int = 8 << 20,
+                 video_media: int | None = None) -> None:
+        self.media = media
+        self.max_packets = max_packets
+        self.max_bytes = max_bytes
+        self.video_media = video_media
+        self._items: deque[Packet] = deque()
+        self._bytes = 0
+        self._wakeup = trio.Event()
+        self.waiting_keyframe = False
+        self.overflows = 0
+        self.skipped = 0
+        self.sent = 0
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def prime(self, packets: list[tuple[int, bytes]]) -> None:
+        """Start with the cached GOP, so the first picture shows at once."""
+        for media, data in packets:
+            if media in self.media:
+                self._items.append((media, False, data))
+                self._bytes += len(data)
+        self._wakeup.set()
+
+    def push(self, media: int, is_rtcp: bool, data: bytes, keyframe: bool) -> None:
+        if self.closed or media not in self.media:
+            return
+        if self.waiting_keyframe:
+            if not keyframe:
+                self.skipped += 1
+                return
+            self.waiting_keyframe = False
+        if len(self._items) >= self.max_packets or self._bytes + len(data) > self.max_bytes:
+            # behind by a whole queue: drop it and restart at the next keyframe
+            self.overflows += 1
+            self.skipped += len(self._items)
+            self._items.clear()
+            self._bytes = 0
+            if self.video_media is not None and not keyframe:
+                self.waiting_keyframe = True
+                self.skipped += 1
+                return
+        self._items.append((media, is_rtcp, data))
+        self._bytes += len(data)
+        self._wakeup.set()
+
+    async def take(self, max_items: int = 256) -> list[Packet]:
+        while not self._items:
+            if self.closed:
+                return []
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+        items = self._items
+        n = min(max_items, len(items))
+        out = [items.popleft() for _ in range(n)]
+        self._bytes -= sum(len(p[2]) for p in out)
+        self.sent += n
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+
+
+class Fanout:
+    """Keeps one stream's GOP cache and feeds every attached viewer queue."""
+
+    def __init__(self, hub: StreamHub) -> None:
+        self.hub = hub
+        self.queues: list[ViewerQueue] = []
+        self.gop: GopCache | None = None
+        self.video_media: int | None = None
+        self.packets_in = 0
+        self._publication = None
+        self.on_publication: list[Callable[[], None]] = []
+        hub.add_listener(self.on_packet)
+        hub.on_publish_start(lambda pub: self._reset())
+        if hub.publication is not None:
+            self._reset()
+
+    def _reset(self) -> None:
+        """A (new) publication: pick the video track and its keyframe detector."""
+        from hubruntime.proto.h264 import keyframe_detector
+
+        pub = self.hub.publication
+        self.video_media = None
+        detector = None
+        if pub is not None:
+            for m in pub.sdp.media:
+                if m.kind == "video":
+                    detector = keyframe_detector(m.encoding)
+                    if detector is not None:
+                        self.video_media = m.index
+                        break
+        self.gop = GopCache(self.video_media, detector)
+        for q in self.queues:
+            q.video_media = self.video_media
+        for fn in list(self.on_publication):
+            fn()
+
+    def close(self) -> None:
+        self.hub.remove_listener(self.on_packet)
+        for q in self.queues:
+            q.close()
+        self.queues.clear()
+        self.hub.viewers = 0
+
+    def attach(self, queue: ViewerQueue) -> None:
+        queue.video_media = self.video_media
+        if self.gop is not None:
+            queue.prime(self.gop.snapshot())
+        self.queues.append(queue)
+        self.hub.viewers = len(self.queues)
+
+    def detach(self, queue: ViewerQueue) -> None:
+        if queue in self.queues:
+            self.queues.remove(queue)
+        self.hub.viewers = len(self.queues)
+
+    def on_packet(self, now: float, media: int, is_rtcp: bool, data: bytes) -> None:
+        self.packets_in += 1
+        keyframe = False
+        if self.gop is not None:
+            keyframe = self.gop.add(now, media, is_rtcp, data)
+        for q in self.queues:
+            q.push(media, is_rtcp, data, keyframe)
