@@ -41,6 +41,8 @@ class RtspConfig:
     port: int = 5554
     bind: str = "0.0.0.0"
     internal_port: int = 0  # 0: pick a free loopback port for the internal publish endpoint
+    user: str = ""  # with password: viewers must authenticate (RTSP Digest)
+    password: str = ""
 
 
 @dataclass(frozen=True)

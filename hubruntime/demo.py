@@ -44,6 +44,10 @@ async def run_demo(data_dir: Path | None, duration: float, stall_at: float = 8.0
         assert hub.manager is not None
         if await hub.manager.get(STREAM_ID) is None:
             await hub.manager.add(STREAM_ID, "Demo camera", url, "fake camera from a test clip")
+        assert hub.live is not None
+        await hub.live.create(STREAM_ID)
+        print(f"hub: re-publishing it at {hub.live.url(STREAM_ID)} "
+              f"(try: ffplay -rtsp_transport tcp {hub.live.url(STREAM_ID)})", flush=True)
         print(f"hub: data in {data}; stream '{STREAM_ID}' added; the example plugin prints "
               f"each event. A {stall_secs:g} s stall comes at {stall_at:g} s and a drop at "
               f"{drop_at:g} s. Ctrl-C to stop.", flush=True)

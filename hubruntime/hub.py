@@ -21,6 +21,7 @@ from hubruntime.lua.modules.cameras import CamerasModule
 from hubruntime.lua.modules.storage import StorageModule
 from hubruntime.lua.plugins import PluginHost
 from hubruntime.netaddr import lan_address
+from hubruntime.proto.digest import DigestAuth
 from hubruntime.rtsp.live import LiveStreams
 from hubruntime.rtsp.server import PublishRegistry, RtspServer
 from hubruntime.store import Store
@@ -73,6 +74,8 @@ class Hub:
             self.live = live = LiveStreams(manager, bus, ingest.hubs.get,
                                            host=lan_address(cfg.advertise_host),
                                            port=cfg.rtsp.port, bind=cfg.rtsp.bind)
+            if cfg.rtsp.user and cfg.rtsp.password:
+                live.server.auth = DigestAuth("hubruntime", {cfg.rtsp.user: cfg.rtsp.password})
             handlers = {**CamerasModule(manager).handlers(), **StorageModule(store).handlers(),
                         **live.handlers()}
             self.plugins = PluginHost(cfg.lua, bus, handlers)
