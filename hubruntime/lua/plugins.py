@@ -33,7 +33,7 @@ from hubruntime.lua import wire
 from hubruntime.lua.manifest import Plugin, _script_name
 from hubruntime.lua.modules.args import ApiError, CallContext, Handler
 from hubruntime.lua.modules.timer import TimerModule, TimerSet
-from hubruntime.lua.worker import MARKER_SIZE, clear_marker, read_marker
+from hubruntime.lua.worker import MARKER_SIZE, read_marker
 from hubruntime.redact import redact
 
 log = logging.getLogger("hubruntime.plugins")
@@ -43,6 +43,9 @@ NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "notice": NOTICE,
           "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
+
+PIPELINE = 2
+"""Batches in flight to one worker."""
 
 ADDRESS_SPACE_HEADROOM = 512 << 20
 """RLIMIT_AS of a worker = Lua's max_memory + this: Python, lupa and their arenas fit in it."""
@@ -79,8 +82,8 @@ class PluginRunner:
         self._stream: trio.SocketStream | None = None
         self._proc: trio.Process | None = None
         self.marker: mmap.mmap | None = None  # the current worker's run marker
-        self._done: dict[int, trio.Event] = {}
-        self._done_msg: dict[int, dict[str, Any]] = {}
+        self._inflight: dict[int, list[Any]] = {}  # batch id → items sent, not yet done
+        self._done_changed = trio.Event()
         self._stopped = trio.Event()
         self._stopping = False
         self._cancel: trio.CancelScope | None = None
@@ -179,7 +182,8 @@ class PluginRunner:
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent))
         self.life_ready = trio.Event()
         self._stopped = trio.Event()
-        inflight: list[Any] = []
+        inflight = self._inflight
+        inflight.clear()
         try:
             async with trio.open_nursery() as nursery:
                 self.timers = TimerSet(nursery, self.mailbox.put)
@@ -198,14 +202,23 @@ class PluginRunner:
                 os.unlink(marker_path)  # both sides have it mapped; nothing left behind
                 marker_path = ""
                 self.ready.set()
-                await self._feed(inflight, marker)
+                await self._feed()
         finally:
             with trio.CancelScope(shield=True):
-                state, index, _ = read_marker(marker)
-                if inflight:
-                    if state == 1:  # the item that was running is the one that failed
-                        self.stats.failed += 1
-                    self.mailbox.put_front(inflight[index + 1:])
+                state, index, _, running_batch = read_marker(marker)
+                rest: list[Any] = []
+                for batch in sorted(inflight):
+                    items = inflight[batch]
+                    if batch < running_batch:
+                        continue  # done, only its answer was lost
+                    if batch == running_batch:
+                        if state == 1:  # the item that was running is the one that failed
+                            self.stats.failed += 1
+                        rest.extend(items[index + 1:])
+                    else:
+                        rest.extend(items)
+                inflight.clear()
+                self.mailbox.put_front(rest)
                 if proc.returncode is None:
                     proc.kill()
                 await proc.wait()
@@ -228,7 +241,7 @@ class PluginRunner:
         tick = min(0.05, self.config.wall_budget_secs / 10)
         while True:
             await trio.sleep(tick)
-            state, index, start_ns = read_marker(marker)
+            state, index, start_ns, _ = read_marker(marker)
             if state == 1 and time.monotonic_ns() - start_ns > budget_ns:
                 self.stats.killed += 1
                 log.error("plugin %s: a run took over the %.1f s wall-clock budget; killing its "
@@ -237,23 +250,17 @@ class PluginRunner:
                 proc.kill()
                 return
 
-    async def _feed(self, inflight: list[Any], marker: mmap.mmap) -> None:
+    async def _feed(self) -> None:
+        """Keep up to ``PIPELINE`` batches in flight, so the worker never waits for the next one
+        (it reads frames ahead while it runs scripts)."""
         batch_id = 0
         while True:
+            while len(self._inflight) >= PIPELINE:
+                await self._done_changed.wait()
             items = await self.mailbox.get_batch(self.config.batch_size)
             batch_id += 1
-            inflight[:] = items
-            clear_marker(marker)
-            done = self._done[batch_id] = trio.Event()
+            self._inflight[batch_id] = items
             await self._send_raw(wire.encode_batch(batch_id, [_item(i) for i in items]))
-            await done.wait()
-            msg = self._done_msg.pop(batch_id, {})
-            del self._done[batch_id]
-            inflight.clear()
-            self.stats.delivered += int(msg.get("n", len(items)))
-            if not len(self.mailbox):
-                self.idle.set()
-                self.idle = trio.Event()
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         decoder = wire.FrameDecoder()
@@ -307,10 +314,14 @@ class PluginRunner:
         elif kind == "subs":
             self.subscribers = int(msg.get("n", 0))
         elif kind == "done":
-            batch = int(msg.get("b", 0))
-            if batch in self._done:
-                self._done_msg[batch] = msg
-                self._done[batch].set()
+            items = self._inflight.pop(int(msg.get("b", 0)), None)
+            if items is not None:
+                self.stats.delivered += int(msg.get("n", len(items)))
+                self._done_changed.set()
+                self._done_changed = trio.Event()
+                if not self._inflight and not len(self.mailbox):
+                    self.idle.set()
+                    self.idle = trio.Event()
         elif kind == "ready":
             self.subscribers = int(msg.get("subs", 0))
             errors = [redact(str(e)) for e in msg.get("errors", ())]
@@ -326,7 +337,7 @@ class PluginRunner:
     async def drained(self, timeout: float) -> bool:
         """Wait until the mailbox is empty and no batch is in flight (``plugin run``, tests)."""
         with trio.move_on_after(timeout):
-            while len(self.mailbox) or self._done:
+            while len(self.mailbox) or self._inflight:
                 await self.idle.wait()
             return True
         return False

@@ -28,9 +28,10 @@ from typing import Any
 from hubruntime.lua import wire
 from hubruntime.lua.runtime import Limits, LuaSandbox, ScriptError, json_encode, lua_to_python
 
-MARKER = struct.Struct("<Iiq")
-"""state (0 idle, 1 running), item index in the batch (-1: none yet), run start (monotonic ns)."""
-MARKER_SIZE = 16
+MARKER = struct.Struct("<IiqI")
+"""state (0 idle, 1 running), item index in its batch, run start (monotonic ns), batch id
+(0: startup/teardown)."""
+MARKER_SIZE = 24
 
 
 class Marker:
@@ -43,22 +44,17 @@ class Marker:
         finally:
             os.close(fd)
 
-    def begin(self, index: int) -> None:
-        struct.pack_into("<iq", self._map, 4, index, time.monotonic_ns())
+    def begin(self, index: int, batch: int = 0) -> None:
+        struct.pack_into("<iqI", self._map, 4, index, time.monotonic_ns(), batch)
         struct.pack_into("<I", self._map, 0, 1)
 
     def end(self) -> None:
         struct.pack_into("<I", self._map, 0, 0)
 
 
-def read_marker(buf: Any) -> tuple[int, int, int]:
-    """(state, index, start_ns) from the marker bytes, for the hub's watchdog."""
+def read_marker(buf: Any) -> tuple[int, int, int, int]:
+    """(state, index, start_ns, batch) from the marker bytes, for the hub's watchdog."""
     return MARKER.unpack_from(buf, 0)
-
-
-def clear_marker(buf: Any) -> None:
-    """The hub, before sending a batch (the worker is idle then): no item started yet."""
-    MARKER.pack_into(buf, 0, 0, -1, 0)
 
 
 class HubGone(Exception):
@@ -217,9 +213,10 @@ class Worker:
         sb = self.sandbox
         assert sb is not None
         marker = self.marker
+        batch = int(msg["b"])
         for index, item in enumerate(msg["items"]):
             kind = item[0]
-            marker.begin(index)
+            marker.begin(index, batch)
             try:
                 if kind == "e":
                     problems = sb.dispatch(item[1])

@@ -483,8 +483,10 @@ class DoneTap:
                 self.batches += 1
                 for i in range(first, last + 1):
                     self.ack.append((t - self.pubs[i]) / 1e6)
-                state, index, start_ns = self.marker.read() if self.marker else (1, -1, 0)
-                if state == 0 and index == int(msg.get("n", 0)) - 1 and start_ns > 0:
+                state, index, start_ns, batch = (
+                    self.marker.read() if self.marker else (1, -1, 0, -1))
+                if (state == 0 and batch == int(msg.get("b", -2))
+                        and index == int(msg.get("n", 0)) - 1 and start_ns > 0):
                     self.start.append((start_ns - self.pubs[last]) / 1e6)
                     # an earlier item of the batch started before the last one did
                     for i in range(first, last + 1):
