@@ -103,8 +103,18 @@ class ViewerServer:
             self.connections -= 1
             for sess in conn.sessions.values():
                 self._end_session(sess)
+            self._forget(conn.cancel)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
+
+    def _forget(self, scope: trio.CancelScope) -> None:
+        """A connection ended: ``kick_stream`` has nothing more to cancel for it (without this,
+        every viewer connection a live stream ever had stayed listed until its deletion)."""
+        for sid, scopes in list(self._kick.items()):
+            if scope in scopes:
+                scopes.remove(scope)
+            if not scopes:
+                del self._kick[sid]
 
     def _end_session(self, sess: Session) -> None:
         if sess.queue is not None:
