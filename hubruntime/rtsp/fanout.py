@@ -21,6 +21,9 @@ from hubruntime.streams.hub import StreamHub
 log = logging.getLogger("hubruntime.rtsp")
 
 Packet = tuple[int, bool, bytes]  # media, is_rtcp, bytes
+RAW = -1
+"""``media`` of a queue item that is already-encoded wire bytes: the unsent tail of a direct
+write, which the writer task must send first and as is."""
 
 
 class ViewerQueue:
@@ -40,6 +43,13 @@ class ViewerQueue:
         self.skipped = 0
         self.sent = 0
         self.closed = False
+        # Direct path: ``direct(queue)`` writes queued packets to the viewer's socket without
+        # blocking, from the publisher's task, and returns True when nothing is left. One
+        # non-blocking write per viewer per publisher read replaces a task wake-up per packet
+        # per viewer (the writer task only runs when the socket pushes back).
+        self.direct: Callable[[ViewerQueue], bool] | None = None
+        self.writer_idle = False
+        self.direct_writes = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -63,23 +73,55 @@ class ViewerQueue:
         if len(self._items) >= self.max_packets or self._bytes + len(data) > self.max_bytes:
             # behind by a whole queue: drop it and restart at the next keyframe
             self.overflows += 1
-            self.skipped += len(self._items)
+            head = self._items[0] if self._items and self._items[0][0] == RAW else None
+            self.skipped += len(self._items) - (head is not None)
             self._items.clear()
             self._bytes = 0
+            if head is not None:  # a half-written frame's tail must still go, or framing breaks
+                self._items.append(head)
+                self._bytes = len(head[2])
             if self.video_media is not None and not keyframe:
                 self.waiting_keyframe = True
                 self.skipped += 1
                 return
         self._items.append((media, is_rtcp, data))
         self._bytes += len(data)
+        if self.direct is None:
+            self._wakeup.set()
+
+    def flush(self) -> None:
+        """End of one publisher read: write what is queued now, or wake the writer task."""
+        if not self._items:
+            return
+        if self.writer_idle and self.direct is not None:
+            self.direct_writes += 1
+            if self.direct(self):
+                return
         self._wakeup.set()
+
+    def drain(self) -> list[Packet]:
+        """Everything queued, for a direct write (which puts back a tail with ``unsend``)."""
+        out = list(self._items)
+        self._items.clear()
+        self._bytes = 0
+        self.sent += len(out)
+        return out
+
+    def unsend(self, wire: bytes) -> None:
+        """The unsent tail of a direct write goes first, to be written by the writer task."""
+        self._items.appendleft((RAW, False, wire))
+        self._bytes += len(wire)
 
     async def take(self, max_items: int = 256) -> list[Packet]:
         while not self._items:
             if self.closed:
                 return []
             self._wakeup = trio.Event()
-            await self._wakeup.wait()
+            self.writer_idle = True
+            try:
+                await self._wakeup.wait()
+            finally:
+                self.writer_idle = False
         items = self._items
         n = min(max_items, len(items))
         out = [items.popleft() for _ in range(n)]
@@ -104,7 +146,9 @@ class Fanout:
         self._publication = None
         self.on_publication: list[Callable[[], None]] = []
         hub.add_listener(self.on_packet)
-        hub.on_publish_start(lambda pub: self._reset())
+        hub.add_flusher(self.flush)
+        self._on_start = lambda pub: self._reset()
+        hub.on_publish_start(self._on_start)
         if hub.publication is not None:
             self._reset()
 
@@ -130,6 +174,8 @@ class Fanout:
 
     def close(self) -> None:
         self.hub.remove_listener(self.on_packet)
+        self.hub.remove_flusher(self.flush)
+        self.hub.remove_publish_start(self._on_start)
         for q in self.queues:
             q.close()
         self.queues.clear()
@@ -154,3 +200,8 @@ class Fanout:
             keyframe = self.gop.add(now, media, is_rtcp, data)
         for q in self.queues:
             q.push(media, is_rtcp, data, keyframe)
+
+    def flush(self) -> None:
+        """The publisher finished one read: every viewer gets what it queued, in one write."""
+        for q in self.queues:
+            q.flush()

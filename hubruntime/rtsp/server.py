@@ -171,6 +171,8 @@ class RtspServer:
                             keep = await self._on_request(conn, item)
                             if not keep:
                                 return
+                    if conn.slot is not None:
+                        conn.slot.hub.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

@@ -9,7 +9,9 @@ no request at all is closed after ``first_request_timeout``.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,7 @@ import trio
 
 from hubruntime.proto import rtsp
 from hubruntime.proto.digest import DigestAuth
-from hubruntime.rtsp.fanout import Fanout, ViewerQueue
+from hubruntime.rtsp.fanout import RAW, Fanout, ViewerQueue
 
 log = logging.getLogger("hubruntime.rtsp")
 
@@ -37,6 +39,8 @@ class TrackSetup:
     rtp_sock: Any = None
     rtcp_sock: Any = None
     server_ports: tuple[int, int] | None = None
+    rtp_raw: socket.socket | None = None  # the same sockets, for non-blocking direct sends
+    rtcp_raw: socket.socket | None = None
 
 
 @dataclass
@@ -143,6 +147,7 @@ class _Conn:
         self.lock = trio.Lock()
         self.peer = "?"
         self.cancel = trio.CancelScope()
+        self.last_rx = trio.current_time()
         self.nursery: trio.Nursery | None = None
         self.watching: str | None = None
         try:
@@ -173,6 +178,7 @@ class _Conn:
                         if not data:
                             break
                         now = trio.current_time()
+                        self.last_rx = now
                         for sess in self.sessions.values():
                             sess.last_activity = now
                         try:
@@ -205,8 +211,13 @@ class _Conn:
                     log.info("viewer %s: session %s timed out", self.peer, sess.id)
                     self.sessions.pop(sess.id, None)
                     self.server._end_session(sess)
-            if not self.sessions:
-                continue
+            if not self.sessions and now - self.last_rx > self.server.session_timeout:
+                # a connection that talked once but holds no session (OPTIONS, DESCRIBE, then
+                # silence) would otherwise keep its socket and task for ever
+                log.info("viewer %s idle without a session for %.0f s: closing", self.peer,
+                         self.server.session_timeout)
+                self.cancel.cancel()
+                return
 
     # requests ----------------------------------------------------------------------------
     async def _request(self, req: rtsp.Request) -> bool:
@@ -364,13 +375,18 @@ class _Conn:
 
     async def _udp_track(self, media: int, client_port: tuple[int, int]) -> TrackSetup | None:
         local = self.stream.socket.getsockname()[0]
+        family = socket.AF_INET6 if ":" in local else socket.AF_INET
         for _ in range(20):
-            rtp = trio.socket.socket(trio.socket.AF_INET6 if ":" in local else trio.socket.AF_INET,
-                                     trio.socket.SOCK_DGRAM)
+            # stdlib sockets wrapped for trio: the direct path sends on them without a task
+            rtp_raw = socket.socket(family, socket.SOCK_DGRAM)
+            rtp_raw.setblocking(False)
+            rtp = trio.socket.from_stdlib_socket(rtp_raw)
             await rtp.bind((local, 0))
             port = rtp.getsockname()[1]
             if port % 2 == 0 and port < 65535:
-                rtcp = trio.socket.socket(rtp.family, trio.socket.SOCK_DGRAM)
+                rtcp_raw = socket.socket(family, socket.SOCK_DGRAM)
+                rtcp_raw.setblocking(False)
+                rtcp = trio.socket.from_stdlib_socket(rtcp_raw)
                 try:
                     await rtcp.bind((local, port + 1))
                 except OSError:
@@ -378,7 +394,8 @@ class _Conn:
                     rtcp.close()
                     continue
                 return TrackSetup(media, False, client=(self.peer, *client_port), rtp_sock=rtp,
-                                  rtcp_sock=rtcp, server_ports=(port, port + 1))
+                                  rtcp_sock=rtcp, server_ports=(port, port + 1),
+                                  rtp_raw=rtp_raw, rtcp_raw=rtcp_raw)
             rtp.close()
         return None
 
@@ -399,6 +416,7 @@ class _Conn:
             return True
         if not sess.playing:
             queue = ViewerQueue(set(sess.tracks), max_packets=self.server.queue_packets)
+            queue.direct = self._direct_writer(sess)
             fanout.attach(queue)
             sess.queue = queue
             sess.playing = True
@@ -436,6 +454,63 @@ class _Conn:
             sess.writer = None
         sess.playing = False
 
+    def _direct_writer(self, sess: Session) -> Callable[[ViewerQueue], bool]:
+        """A non-blocking writer of ``sess``'s queue, run from the publisher's task.
+
+        One ``writev`` per viewer per publisher read, framing headers built here (no copy of
+        the payloads); what the socket does not take goes back to the queue as wire bytes for
+        the writer task. Never writes while the connection's lock is held (an RTSP reply or the
+        writer task mid-send), so bytes on the wire stay in order.
+        """
+        tcp = {m: t.channels for m, t in sess.tracks.items() if t.tcp and t.channels}
+        udp = {m: t for m, t in sess.tracks.items() if not t.tcp}
+        fd = self.stream.socket.fileno()
+        lock = self.lock
+
+        def write(queue: ViewerQueue) -> bool:
+            if lock.locked():
+                return False
+            parts: list[bytes] = []
+            for media, is_rtcp, data in queue.drain():
+                if media == RAW:
+                    parts.append(data)
+                    continue
+                ch = tcp.get(media)
+                if ch is not None:
+                    n = len(data)
+                    if n <= 0xFFFF:
+                        parts.append(bytes((0x24, ch[1] if is_rtcp else ch[0], n >> 8, n & 0xFF)))
+                        parts.append(data)
+                    continue
+                t = udp.get(media)
+                if t is None or t.client is None:
+                    continue
+                host, rtp_port, rtcp_port = t.client
+                sock = t.rtcp_raw if is_rtcp else t.rtp_raw
+                if sock is not None:
+                    try:
+                        sock.sendto(data, (host, rtcp_port if is_rtcp else rtp_port))
+                    except OSError:
+                        pass  # UDP: a full socket buffer loses the datagram, as the network would
+            if not parts:
+                return True
+            if len(parts) > 512:  # stay well under IOV_MAX
+                parts = [b"".join(parts)]
+            try:
+                sent = os.writev(fd, parts)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                queue.unsend(b"".join(parts))  # the writer task meets the error and ends
+                return False
+            total = sum(len(p) for p in parts)
+            if sent >= total:
+                return True
+            queue.unsend(b"".join(parts)[sent:])
+            return False
+
+        return write
+
     async def _writer(self, sess: Session, queue: ViewerQueue, scope: trio.CancelScope) -> None:
         tcp = {m: t.channels for m, t in sess.tracks.items() if t.tcp and t.channels}
         udp = {m: t for m, t in sess.tracks.items() if not t.tcp}
@@ -447,6 +522,9 @@ class _Conn:
                         return
                     out = []
                     for media, is_rtcp, data in items:
+                        if media == RAW:
+                            out.append(data)
+                            continue
                         ch = tcp.get(media)
                         if ch is not None:
                             out.append(rtsp.encode_frame(ch[1] if is_rtcp else ch[0], data))

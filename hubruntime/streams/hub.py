@@ -42,6 +42,7 @@ class StreamHub:
         self.viewers = 0  # live viewers attached: the publisher is read without batching
         self._on_start: list[Callable[[Publication], None]] = []
         self._on_stop: list[Callable[[], None]] = []
+        self._flushers: list[Callable[[], None]] = []
 
     # listeners -----------------------------------------------------------------------------
     def add_listener(self, fn: PacketListener) -> None:
@@ -51,8 +52,25 @@ class StreamHub:
         if fn in self._listeners:
             self._listeners.remove(fn)
 
+    def add_flusher(self, fn: Callable[[], None]) -> None:
+        """``fn()`` runs after each publisher read, once the read's packets were handed out:
+        listeners that buffer (viewer fan-out) write then, one write per read, not per packet."""
+        self._flushers.append(fn)
+
+    def remove_flusher(self, fn: Callable[[], None]) -> None:
+        if fn in self._flushers:
+            self._flushers.remove(fn)
+
+    def flush(self) -> None:
+        for fn in self._flushers:
+            fn()
+
     def on_publish_start(self, fn: Callable[[Publication], None]) -> None:
         self._on_start.append(fn)
+
+    def remove_publish_start(self, fn: Callable[[Publication], None]) -> None:
+        if fn in self._on_start:
+            self._on_start.remove(fn)
 
     def on_publish_stop(self, fn: Callable[[], None]) -> None:
         self._on_stop.append(fn)

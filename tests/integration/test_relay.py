@@ -626,3 +626,18 @@ async def test_delete_ends_viewers_and_failures_report_errors(tmp_path, nursery,
                 and p.event.get("streamId") == "dead"]
     print(f"\nviewers closed {t_closed * 1000:.0f} ms after delete; refusing camera reported "
           f"after {waited:.2f} s: {ev.event['errorMessage']!r}")
+
+
+async def test_a_connection_that_talks_once_then_idles_without_a_session_is_closed(
+        tmp_path, nursery, capture):
+    """OPTIONS then silence, holding no session: the server closes it after the session
+    timeout instead of keeping the socket and its task for ever."""
+    rig = await start_rig(tmp_path, nursery, capture)
+    rig.server.first_request_timeout = 0.5
+    rig.server.session_timeout = 1.0
+    before = rig.server.connections
+    options = encode_request("OPTIONS", f"rtsp://127.0.0.1:{rig.port}", 1)
+    responses, idle_secs = await raw_exchange(rig.port, options, timeout=5.0)
+    assert [x.status for x in responses] == [200]
+    assert 1.0 <= idle_secs < 3.0, idle_secs
+    await until(lambda: rig.server.connections == before, 2, "the idle connection is freed")
