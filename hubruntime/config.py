@@ -62,6 +62,39 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class ApiToken:
+    token: str
+    camera: str = ""  # non-empty: the token sees and acts on this camera (stream id) only
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str = "127.0.0.1:8080"  # host:port of the HTTP API; every request needs a token
+    tokens: tuple[ApiToken, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackchannelServerConfig:
+    listen: str = "127.0.0.1:0"  # reported by GET /api/1/status as backchannel_port
+
+
+@dataclass(frozen=True)
+class BackchannelSource:
+    """A camera whose TCP backchannel the hub reads (``[[backchannel]]``)."""
+
+    stream_id: str
+    status_url: str
+
+
+@dataclass(frozen=True)
+class OscSource:
+    """A camera whose OSC state the hub long-polls (``[[osc]]``)."""
+
+    stream_id: str
+    url: str
+
+
+@dataclass(frozen=True)
 class HubConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     plugin_dirs: tuple[Path, ...] = ()
@@ -72,13 +105,19 @@ class HubConfig:
     rtsp: RtspConfig = field(default_factory=RtspConfig)
     lua: LuaConfig = field(default_factory=LuaConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    backchannel_server: BackchannelServerConfig = field(default_factory=BackchannelServerConfig)
+    backchannel: tuple[BackchannelSource, ...] = ()
+    osc: tuple[OscSource, ...] = ()
 
     @property
     def db_path(self) -> Path:
         return self.data_dir / "hub.sqlite3"
 
 
-_SECTIONS = {"health": HealthConfig, "rtsp": RtspConfig, "lua": LuaConfig, "events": EventsConfig}
+_SECTIONS = {"health": HealthConfig, "rtsp": RtspConfig, "lua": LuaConfig, "events": EventsConfig,
+             "backchannel_server": BackchannelServerConfig}
+_LISTS = {"backchannel": BackchannelSource, "osc": OscSource}
 
 
 def _coerce(where: str, name: str, value: Any, target: Any) -> Any:
@@ -94,16 +133,39 @@ def _coerce(where: str, name: str, value: Any, target: Any) -> Any:
     return value
 
 
-def _section(where: str, cls: type, raw: Any) -> Any:
+def _section(where: str, cls: type, raw: Any, skip: tuple[str, ...] = ()) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in raw.items():
+        if key in skip:
+            continue
         if key not in fields:
             raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(sorted(fields))})")
         kwargs[key] = _coerce(where, key, value, fields[key])
+    missing = [f.name for f in fields.values()
+               if f.name not in kwargs and f.name not in skip
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(repr(m) for m in missing)}")
     return cls(**kwargs)
+
+
+def _table_list(where: str, cls: type, raw: Any) -> tuple[Any, ...]:
+    """An array of tables (``[[name]]``), each checked like a section."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: must be an array of tables ([[...]])")
+    return tuple(_section(f"{where} #{i + 1}", cls, item) for i, item in enumerate(raw))
+
+
+def _api(where: str, raw: Any) -> ApiConfig:
+    base = _section(where, ApiConfig, raw, skip=("tokens",))
+    tokens = _table_list(f"{where} tokens", ApiToken, raw.get("tokens", []))
+    for tok in tokens:
+        if not tok.token:
+            raise ConfigError(f"{where} tokens: a token may not be empty")
+    return dataclasses.replace(base, tokens=tokens)
 
 
 def load_config(
@@ -128,6 +190,10 @@ def load_config(
     for key, value in raw.items():
         if key in _SECTIONS:
             kwargs[key] = _section(f"{where} [{key}]", _SECTIONS[key], value)
+        elif key in _LISTS:
+            kwargs[key] = _table_list(f"{where} [[{key}]]", _LISTS[key], value)
+        elif key == "api":
+            kwargs[key] = _api(f"{where} [api]", value)
         elif key in ("data_dir", "log_file"):
             if not isinstance(value, str):
                 raise ConfigError(f"{where}: '{key}' must be a path string")

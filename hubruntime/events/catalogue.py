@@ -294,6 +294,15 @@ _HUB_EVENTS: tuple[EventType, ...] = (
         "cloud_tunnel_established",
         "The SSH tunnel is up; remote viewing works.",
     ),
+    _hub(
+        "osc_state_changed",
+        "(ours) An OSC camera's state fingerprint changed (seen through /osc/checkForUpdates); "
+        "the hub fetched /osc/state and lists what changed.",
+        Field("source", "string", True, "always \"osc\""),
+        Field("fingerprint", "string", True, "the camera's new state fingerprint"),
+        Field("changed", "array", True, "names of the state keys whose values changed"),
+        Field("state", "table", True, "the changed keys with their new values (removed: null)"),
+    ),
     EventType(
         "hub_connected_to_local_network", (), "hub", False, "A Wi-Fi or Ethernet link came up."
     ),

@@ -69,6 +69,14 @@ HUB_EVENTS: dict[str, dict[str, tuple[str, bool]]] = {
     "camera_stream_closed": {"streamId": ("string", True), "attempt": ("integer", False)},
     "cloud_tunnel_rejected": {"streamId": ("string", True), "errorMessage": ("string", False)},
     "cloud_tunnel_established": {"streamId": ("string", True)},
+    # ours (issue 5): the OSC long-poll client's change notice
+    "osc_state_changed": {
+        "streamId": ("string", True),
+        "source": ("string", True),
+        "fingerprint": ("string", True),
+        "changed": ("array", True),
+        "state": ("table", True),
+    },
     "hub_connected_to_local_network": {},
     "hub_disconnected_from_local_network": {},
 }
