@@ -44,3 +44,50 @@ def test_bad_files_name_the_key(tmp_path, text, needle):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_client_interface_sections_as_the_issue_spells_them(tmp_path):
+    f = tmp_path / "hub.toml"
+    f.write_text('''
+[api]
+listen = "127.0.0.1:8080"
+[[api.tokens]]
+token = "scoped"
+camera = "588b7eb528b12d03be86f36f"
+[[api.tokens]]
+token = "all"
+[backchannel_server]
+listen = "127.0.0.1:0"
+[[backchannel]]
+stream_id = "588b7eb528b12d03be86f36f"
+status_url = "http://127.0.0.1:9000/api/2/status"
+[[osc]]
+stream_id = "cam2"
+url = "http://127.0.0.1:9001"
+''')
+    cfg = load_config(f)
+    assert cfg.api.listen == "127.0.0.1:8080"
+    assert [(t.token, t.camera) for t in cfg.api.tokens] == [
+        ("scoped", "588b7eb528b12d03be86f36f"), ("all", "")]
+    assert cfg.backchannel_server.listen == "127.0.0.1:0"
+    assert [(b.stream_id, b.status_url) for b in cfg.backchannel] == [
+        ("588b7eb528b12d03be86f36f", "http://127.0.0.1:9000/api/2/status")]
+    assert [(o.stream_id, o.url) for o in cfg.osc] == [("cam2", "http://127.0.0.1:9001")]
+    default = load_config()
+    assert default.api.listen == "127.0.0.1:8080" and default.api.tokens == ()
+    assert default.backchannel == () and default.osc == ()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[[backchannel]]\nstream_id = "a"\n', "missing key(s) 'status_url'"),
+    ('[[osc]]\nstream_id = "a"\nurl = "http://x"\nport = 1\n', "unknown key 'port'"),
+    ('[[api.tokens]]\ncamera = "a"\n', "missing key(s) 'token'"),
+    ('[[api.tokens]]\ntoken = ""\n', "may not be empty"),
+    ('backchannel = 3\n', "array of tables"),
+])
+def test_client_interface_config_errors_are_clear(tmp_path, text, needle):
+    f = tmp_path / "hub.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=None) as exc:
+        load_config(f)
+    assert needle in str(exc.value)
