@@ -147,6 +147,11 @@ class EventBus:
     def unsubscribe(self, box: Mailbox) -> None:
         self._subscribers = [(b, a) for b, a in self._subscribers if b is not box]
 
+    @property
+    def subscriber_count(self) -> int:
+        """Mailboxes attached now (tests check that a client's leaving frees its subscription)."""
+        return len(self._subscribers)
+
     def publish(self, name: str, /, **fields: Any) -> Published:
         """Publish a catalogue event; raises ``EventValidationError`` on a bad one."""
         return self._deliver(catalogue.make_event(name, **fields))

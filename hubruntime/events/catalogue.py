@@ -509,13 +509,28 @@ def _has_type(ftype: str, value: object) -> bool:
     raise AssertionError(f"unhandled field type {ftype!r}")
 
 
+def _is_utf8(text: str) -> bool:
+    """False for text holding a lone surrogate (``"\\ud800"``, which ``json.loads`` produces
+    from an escape): it cannot be encoded as UTF-8, so the event could not be logged, sent to a
+    plugin or put on the backchannel; refused here, where the event is made."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _json_problem(value: object, path: str, active: set[int] | None = None) -> str | None:
     """Where ``value`` stops being JSON, as "<kind> at <path>", or None if it is JSON throughout.
 
     Strict JSON: object keys must be strings (other keys would not survive a round trip) and
     floats must be finite. Cycles are reported instead of recursing forever.
     """
-    if value is None or isinstance(value, str | bool | int):
+    if isinstance(value, str):
+        return None if _is_utf8(value) else f"text with a lone surrogate at {path}"
+    if value is None or isinstance(value, bool | int):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else f"number {value!r} at {path}"
@@ -530,6 +545,8 @@ def _json_problem(value: object, path: str, active: set[int] | None = None) -> s
             for key, item in value.items():
                 if not isinstance(key, str):
                     return f"non-string key {key!r} at {path}"
+                if not _is_utf8(key):
+                    return f"key with a lone surrogate at {path}"
                 problem = _json_problem(item, f"{path}.{key}", active)
                 if problem:
                     return problem
@@ -585,6 +602,8 @@ def _check_names(event: str, keys: Mapping[Any, Any]) -> None:
             raise EventValidationError(
                 event, None, f"field names must be strings, got {_shown(key)}"
             )
+        if not _is_utf8(key):
+            raise EventValidationError(event, None, "a field name holds a lone surrogate")
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,11 +20,11 @@ import trio
 from hubruntime.config import HealthConfig
 from hubruntime.events.bus import EventBus
 from hubruntime.media.ffmpeg import classify_failure, reader_command
+from hubruntime.proto.backoff import Backoff
 from hubruntime.proto.rtp import parse_rtp_header
 from hubruntime.redact import redact
 from hubruntime.rtsp.server import PublishRegistry, RtspServer
 from hubruntime.store import StreamRecord
-from hubruntime.streams.backoff import Backoff
 from hubruntime.streams.health import HealthEvent, HealthMonitor, Track
 from hubruntime.streams.hub import Publication, StreamHub
 from hubruntime.streams.manager import StreamManager

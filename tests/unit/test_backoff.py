@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from hubruntime.streams.backoff import Backoff
+from hubruntime.proto.backoff import Backoff
 
 
 def test_doubles_with_jitter_up_to_the_cap():

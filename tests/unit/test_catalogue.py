@@ -573,3 +573,14 @@ def test_describe_is_json_and_lists_every_event() -> None:
     assert by_name["shutting_down"]["origin"] == "camera"
     listing[0]["fields"].clear()
     assert describe()[0]["fields"], "describe() must return fresh data"
+
+
+def test_text_with_a_lone_surrogate_is_refused_where_the_event_is_made() -> None:
+    """``json.loads('"\\ud800"')`` gives text that cannot be encoded as UTF-8; such an event
+    once passed validation and then broke the plugin feed at encoding time."""
+    bad = json.loads('"\\ud800"')
+    with pytest.raises(EventValidationError, match="lone surrogate"):
+        from_notification("backchannel", "memory_low", {"note": bad})
+    with pytest.raises(EventValidationError, match="lone surrogate"):
+        from_notification("backchannel", "memory_low", {bad: 1})
+    assert from_notification("backchannel", "memory_low", {"note": "é✓"})["note"] == "é✓"

@@ -1,4 +1,5 @@
-"""Restart delays: exponential with jitter, reset after a healthy run. Pure (time passed in).
+"""Retry delays (stream readers, camera event sources, tunnels): exponential with jitter, reset
+after a healthy run. Pure (time passed in), so it lives with the sans-I/O code.
 
 Why jitter: after a power cut every camera of a house comes back at once; without it every
 reader would retry in lockstep. Why a reset only after a healthy minute: a camera that accepts the
@@ -12,7 +13,7 @@ import random
 
 class Backoff:
     def __init__(self, initial: float = 0.5, maximum: float = 30.0, reset_after: float = 60.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, *, jitter: bool = True) -> None:
         if not 0 < initial <= maximum:
             raise ValueError("backoff needs 0 < initial <= maximum")
         self.initial = initial
@@ -20,6 +21,7 @@ class Backoff:
         self.reset_after = reset_after
         self._next = initial
         self._rng = rng or random.Random()
+        self.jitter = jitter  # False: exact delays, for schedulers tested without randomness
         self.failures = 0
 
     def next_delay(self, healthy_secs: float = 0.0) -> float:
@@ -33,4 +35,6 @@ class Backoff:
         base = self._next
         self._next = min(self._next * 2, self.maximum)
         self.failures += 1
+        if not self.jitter:
+            return base
         return base / 2 + self._rng.random() * base / 2

@@ -1,0 +1,1 @@
+"""Client-facing interfaces: the HTTP API and the TCP backchannel server."""
