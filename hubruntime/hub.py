@@ -13,6 +13,8 @@ from typing import Any
 
 import trio
 
+from hubruntime.api.backchannel_server import BackchannelServer
+from hubruntime.api.service import ApiService
 from hubruntime.config import HubConfig
 from hubruntime.events.bus import EventBus
 from hubruntime.events.eventlog import run_event_log
@@ -24,6 +26,8 @@ from hubruntime.netaddr import lan_address
 from hubruntime.proto.digest import DigestAuth
 from hubruntime.rtsp.live import LiveStreams
 from hubruntime.rtsp.server import PublishRegistry, RtspServer
+from hubruntime.sources.backchannel import BackchannelClient
+from hubruntime.sources.osc import OscClient
 from hubruntime.store import Store
 from hubruntime.streams.manager import StreamManager
 from hubruntime.streams.supervisor import IngestService
@@ -46,6 +50,17 @@ def load_plugins(dirs: tuple[Path, ...]) -> list[Plugin]:
     return plugins
 
 
+async def _start_optional(nursery: trio.Nursery, what: str, fn: Any) -> bool:
+    """Start a client-facing listener; one that cannot bind (a port in use) is logged and left
+    out, and the hub goes on serving its streams and plugins."""
+    try:
+        await nursery.start(fn)
+    except OSError as exc:
+        log.error("%s not started: %s", what, exc)
+        return False
+    return True
+
+
 class Hub:
     """One hub process. ``run`` serves until cancelled."""
 
@@ -58,6 +73,9 @@ class Hub:
         self.rtsp: RtspServer | None = None
         self.ingest: IngestService | None = None
         self.live: LiveStreams | None = None
+        self.backchannel_server: BackchannelServer | None = None
+        self.api: ApiService | None = None
+        self.sources: list[BackchannelClient | OscClient] = []
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -89,6 +107,16 @@ class Hub:
                 await nursery.start(ingest.run)
                 await nursery.start(live.run)
                 await nursery.start(self.plugins.run, plugins)
+                self.backchannel_server = BackchannelServer(bus, cfg.backchannel_server.listen)
+                await _start_optional(nursery, "backchannel server", self.backchannel_server.run)
+                bcs = self.backchannel_server
+                self.api = ApiService(cfg.api, store, bus, manager,
+                                      backchannel_port=lambda: bcs.port)
+                await nursery.start(self.api.run)  # logs and leaves out a port in use
+                self.sources = [BackchannelClient(src, bus) for src in cfg.backchannel]
+                self.sources += [OscClient(src, bus) for src in cfg.osc]
+                for source in self.sources:
+                    await nursery.start(source.run)
                 log.info("hub ready")
                 task_status.started(self)
         finally:

@@ -35,7 +35,9 @@ from typing import Any
 
 __all__ = [
     "MIGRATIONS",
+    "DuplicateEventTypeError",
     "DuplicateStreamError",
+    "EventTypeRecord",
     "SchemaTooNewError",
     "Store",
     "StreamRecord",
@@ -69,11 +71,67 @@ MIGRATIONS: list[str] = [
     CREATE INDEX event_log_name_seq ON event_log (name, seq);
     CREATE INDEX event_log_stream_seq ON event_log (stream_id, seq);
     """,
+    # 2: event types per camera (HTTP API, protocols.md §2.2) and each event's own time.
+    # ``event_types`` holds the custom types created through the API (custom = 1) and the saved
+    # settings of built-in types (custom = 0; a built-in type without a row has the defaults).
+    # Rows go with their stream (ON DELETE CASCADE): a re-added stream id starts afresh.
+    # ``event_time`` is when the event happened: the client-given time of an event created
+    # through the API (source 'api', normalised to the same ISO text as ``time`` by the API),
+    # otherwise the time the hub logged it. A VIRTUAL generated column, so the event log writer
+    # keeps inserting the same five columns, and the index lets listings order and filter by it.
+    """
+    CREATE TABLE event_types (
+        stream_id        TEXT NOT NULL REFERENCES streams (stream_id) ON DELETE CASCADE,
+        name             TEXT NOT NULL,
+        custom           INTEGER NOT NULL,
+        notify           INTEGER NOT NULL,
+        receive          INTEGER NOT NULL,
+        generate_images  INTEGER NOT NULL,
+        can_be_triggered INTEGER NOT NULL,
+        created_at       REAL NOT NULL,
+        PRIMARY KEY (stream_id, name)
+    );
+    ALTER TABLE event_log ADD COLUMN event_time TEXT GENERATED ALWAYS AS (
+        CASE WHEN json_extract(payload, '$.source') = 'api'
+             THEN COALESCE(json_extract(payload, '$.time'), time)
+             ELSE time END
+    ) VIRTUAL;
+    CREATE INDEX event_log_event_time ON event_log (event_time, seq);
+    """,
 ]
 
 #: How long a statement waits for another connection's lock (e.g. ``hubruntime`` CLI tools
 #: opening the same file) before failing with ``database is locked``.
 BUSY_TIMEOUT_MS = 5_000
+
+
+@dataclass(frozen=True)
+class EventTypeRecord:
+    """Settings of one event type of one camera (table ``event_types``).
+
+    ``custom`` types were created through the HTTP API; a non-custom row only records changed
+    settings of a built-in type. The flags are the VXG event-processing settings
+    (protocols.md §2.2); ``can_be_triggered`` is only ever true for custom types, since a built-in
+    type is triggerable exactly when the hub has a trigger for it.
+    """
+
+    stream_id: str
+    name: str
+    custom: bool
+    notify: bool = False
+    receive: bool = True
+    generate_images: bool = False
+    can_be_triggered: bool = False
+    created_at: float = 0.0
+
+
+class DuplicateEventTypeError(Exception):
+    """An event type with this name already exists for this stream."""
+
+    def __init__(self, stream_id: str, name: str) -> None:
+        super().__init__(f"event type {name!r} already exists for stream {stream_id!r}")
+        self.stream_id = stream_id
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -439,3 +497,150 @@ class Store:
                     (max_rows,),
                 )
             return cur.rowcount
+
+    # -- event types (HTTP API) ----------------------------------------------------------------
+
+    _EVENT_TYPE_COLUMNS = (
+        "stream_id, name, custom, notify, receive, generate_images, can_be_triggered, created_at"
+    )
+
+    @staticmethod
+    def _event_type(row: Sequence[Any]) -> EventTypeRecord:
+        sid, name, custom, notify, receive, images, trig, created = row
+        return EventTypeRecord(sid, name, bool(custom), bool(notify), bool(receive),
+                               bool(images), bool(trig), created)
+
+    def list_event_types(self, stream_id: str) -> list[EventTypeRecord]:
+        """The stored rows of one stream (custom types and changed built-ins), oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {self._EVENT_TYPE_COLUMNS} FROM event_types WHERE stream_id = ?"
+                " ORDER BY created_at, name",
+                (stream_id,),
+            ).fetchall()
+        return [self._event_type(r) for r in rows]
+
+    def get_event_type(self, stream_id: str, name: str) -> EventTypeRecord | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._EVENT_TYPE_COLUMNS} FROM event_types"
+                " WHERE stream_id = ? AND name = ?",
+                (stream_id, name),
+            ).fetchone()
+        return None if row is None else self._event_type(row)
+
+    def add_event_type(self, rec: EventTypeRecord) -> EventTypeRecord:
+        """Insert a new row (``created_at`` stamped if 0); DuplicateEventTypeError if taken.
+
+        A stream id that is not in ``streams`` raises ``sqlite3.IntegrityError`` (foreign key).
+        """
+        if not rec.created_at:
+            rec = dataclasses.replace(rec, created_at=time.time())
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    f"INSERT INTO event_types ({self._EVENT_TYPE_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    dataclasses.astuple(rec),
+                )
+        except sqlite3.IntegrityError as exc:
+            if exc.sqlite_errorname == "SQLITE_CONSTRAINT_PRIMARYKEY":
+                raise DuplicateEventTypeError(rec.stream_id, rec.name) from exc
+            raise
+        return rec
+
+    def save_event_type(self, rec: EventTypeRecord) -> EventTypeRecord:
+        """Create or replace the row of ``(stream_id, name)``; the first ``created_at`` stays."""
+        if not rec.created_at:
+            rec = dataclasses.replace(rec, created_at=time.time())
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO event_types ({self._EVENT_TYPE_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stream_id, name) DO UPDATE SET"
+                " custom = excluded.custom, notify = excluded.notify,"
+                " receive = excluded.receive, generate_images = excluded.generate_images,"
+                " can_be_triggered = excluded.can_be_triggered",
+                dataclasses.astuple(rec),
+            )
+            row = conn.execute(
+                f"SELECT {self._EVENT_TYPE_COLUMNS} FROM event_types"
+                " WHERE stream_id = ? AND name = ?",
+                (rec.stream_id, rec.name),
+            ).fetchone()
+        return self._event_type(row)
+
+    # -- event log queries (HTTP API) ----------------------------------------------------------
+
+    def query_events(
+        self,
+        *,
+        names: Sequence[str] | None = None,
+        stream_id: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+        max_seq: int | None = None,
+        newest_first: bool = True,
+        offset: int = 0,
+        limit: int = 20,
+    ) -> tuple[int, list[dict[str, Any]], int]:
+        """``(total, page, last_seq)``: how many events match, the ``limit`` of them after
+        ``offset``, and the highest seq logged at that moment (what to pass as ``max_seq`` to
+        page on through the same result set).
+
+        Ordered by ``event_time`` (then seq), the order an API client asks for; ``start`` and
+        ``end`` bound ``event_time`` inclusively and must be ISO text in the log's own form
+        (``YYYY-MM-DDTHH:MM:SS.mmmZ``) so that text order is time order. ``max_seq`` pins the
+        result to events logged so far: a client paging with the same ``max_seq`` is not shifted
+        by events appended meanwhile. Count, page and last seq come from one locked read, so they
+        agree.
+        Each dict is :meth:`list_events`' plus ``event_time``.
+        """
+        if limit < 0 or offset < 0:
+            raise ValueError(f"limit and offset must be >= 0, not {limit}, {offset}")
+        clauses, params = self._event_filter(names, stream_id)
+        if start is not None:
+            clauses.append("event_time >= ?")
+            params.append(start)
+        if end is not None:
+            clauses.append("event_time <= ?")
+            params.append(end)
+        if max_seq is not None:
+            clauses.append("seq <= ?")
+            params.append(max_seq)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "DESC" if newest_first else "ASC"
+        sql = (
+            "SELECT seq, time, name, stream_id, payload, event_time FROM event_log"
+            f"{where} ORDER BY event_time {order}, seq {order} LIMIT ? OFFSET ?"
+        )
+        with self._lock:
+            total = int(self._conn.execute(
+                f"SELECT COUNT(*) FROM event_log{where}", params).fetchone()[0])
+            rows = self._conn.execute(sql, [*params, limit, offset]).fetchall() if limit else []
+            last = int(self._conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM event_log").fetchone()[0])
+        return total, [
+            {
+                "seq": seq,
+                "time": time_,
+                "name": name,
+                "stream_id": sid,
+                "payload": json.loads(payload),
+                "event_time": event_time,
+            }
+            for seq, time_, name, sid, payload, event_time in rows
+        ], last
+
+    def get_event(self, seq: int) -> dict[str, Any] | None:
+        """One logged event by seq, as :meth:`query_events` gives it, or ``None``."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT seq, time, name, stream_id, payload, event_time FROM event_log"
+                " WHERE seq = ?",
+                (seq,),
+            ).fetchone()
+        if row is None:
+            return None
+        seq_, time_, name, sid, payload, event_time = row
+        return {"seq": seq_, "time": time_, "name": name, "stream_id": sid,
+                "payload": json.loads(payload), "event_time": event_time}
