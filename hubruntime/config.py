@@ -95,6 +95,27 @@ class OscSource:
 
 
 @dataclass(frozen=True)
+class CloudConfig:
+    """The cloud relay remote viewers reach live streams through (``[cloud]``); no host: none."""
+
+    host: str = ""  # the relay's SSH server; empty: no tunnels
+    port: int = 22
+    user: str = ""
+    key_file: str = ""  # private key (OpenSSH or PEM); must not be readable by group/others
+    known_hosts: str = ""  # required with host: the relay's key is verified, never accepted blindly
+    remote_port: int = 0  # port opened on the relay for the hub's RTSP server; 0: the relay picks
+    remote_bind: str = ""  # address it is opened on ("": sshd's choice, see GatewayPorts)
+    public_host: str = ""  # the host remote users dial (default: host)
+    keepalive_secs: float = 15.0
+    connect_timeout_secs: float = 10.0
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    poll_secs: float = 1.0  # the watcher also re-reads the interfaces this often (besides netlink)
+
+
+@dataclass(frozen=True)
 class HubConfig:
     data_dir: Path = field(default_factory=default_data_dir)
     plugin_dirs: tuple[Path, ...] = ()
@@ -109,6 +130,8 @@ class HubConfig:
     backchannel_server: BackchannelServerConfig = field(default_factory=BackchannelServerConfig)
     backchannel: tuple[BackchannelSource, ...] = ()
     osc: tuple[OscSource, ...] = ()
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
 
     @property
     def db_path(self) -> Path:
@@ -116,7 +139,8 @@ class HubConfig:
 
 
 _SECTIONS = {"health": HealthConfig, "rtsp": RtspConfig, "lua": LuaConfig, "events": EventsConfig,
-             "backchannel_server": BackchannelServerConfig}
+             "backchannel_server": BackchannelServerConfig, "cloud": CloudConfig,
+             "network": NetworkConfig}
 _LISTS = {"backchannel": BackchannelSource, "osc": OscSource}
 
 

@@ -293,6 +293,8 @@ _HUB_EVENTS: tuple[EventType, ...] = (
     _hub(
         "cloud_tunnel_established",
         "The SSH tunnel is up; remote viewing works.",
+        Field("remoteRtspUrl", "string", False,
+              "(ours) where remote users reach the stream: rtsp://<relay>:<port>/<id>"),
     ),
     _hub(
         "osc_state_changed",

@@ -68,7 +68,7 @@ HUB_EVENTS: dict[str, dict[str, tuple[str, bool]]] = {
     },
     "camera_stream_closed": {"streamId": ("string", True), "attempt": ("integer", False)},
     "cloud_tunnel_rejected": {"streamId": ("string", True), "errorMessage": ("string", False)},
-    "cloud_tunnel_established": {"streamId": ("string", True)},
+    "cloud_tunnel_established": {"streamId": ("string", True), "remoteRtspUrl": ("string", False)},
     # ours (issue 5): the OSC long-poll client's change notice
     "osc_state_changed": {
         "streamId": ("string", True),

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install the Debian packages for the peer RTSP camera (tools/peers/gst_rtsp_camera.py):
-# GStreamer's RTSP server with live test sources, run by the system python3 (python3-gi), and
-# FFmpeg as the client the integration tests read it with. Idempotent: it runs `apt-get update`
-# (once) and `apt-get install` only if a package is missing.
+# Install the Debian packages of the real peers the tests use: GStreamer's RTSP server with live
+# test sources, run by the system python3 (python3-gi), as a camera not written by us
+# (tools/peers/gst_rtsp_camera.py); FFmpeg as the client reading it; OpenSSH's sshd as the cloud
+# relay of the tunnel tests (run on 127.0.0.1 with its own config, never the system service); and
+# iproute2 for the network namespaces of the network watcher tests. Idempotent: it runs
+# `apt-get update` (once) and `apt-get install` only if a package is missing.
 set -euo pipefail
 
 PACKAGES=(
@@ -15,6 +17,9 @@ PACKAGES=(
   gstreamer1.0-tools
   python3-gi
   ffmpeg
+  openssh-server
+  openssh-client
+  iproute2
 )
 
 missing=()
