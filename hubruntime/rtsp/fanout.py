@@ -50,6 +50,11 @@ class ViewerQueue:
         self.direct: Callable[[ViewerQueue], bool] | None = None
         self.writer_idle = False
         self.direct_writes = 0
+        # Shared path (TCP-only viewers): the fan-out frames a read once per channel layout and
+        # ``write_wire(bytes)`` writes it without blocking, returning how much went out (-1: could
+        # not try now, e.g. an RTSP reply is being written).
+        self.wire_layout: tuple[tuple[int, int, int], ...] | None = None
+        self.write_wire: Callable[[bytes], int] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -99,6 +104,19 @@ class ViewerQueue:
                 return
         self._wakeup.set()
 
+    def send_wire(self, wire: bytes, packets: int) -> None:
+        """Write a shared, ready-framed read; what does not go out waits for the writer task."""
+        assert self.write_wire is not None
+        self.sent += packets
+        if not wire:
+            return
+        self.direct_writes += 1
+        n = self.write_wire(wire)
+        if n >= len(wire):
+            return
+        self.unsend(wire[max(n, 0):])
+        self._wakeup.set()
+
     def drain(self) -> list[Packet]:
         """Everything queued, for a direct write (which puts back a tail with ``unsend``)."""
         out = list(self._items)
@@ -143,6 +161,8 @@ class Fanout:
         self.gop: GopCache | None = None
         self.video_media: int | None = None
         self.packets_in = 0
+        self.shared_writes = 0
+        self._pending: list[tuple[int, bool, bytes, bool]] = []  # this publisher read's packets
         self._publication = None
         self.on_publication: list[Callable[[], None]] = []
         hub.add_listener(self.on_packet)
@@ -182,6 +202,7 @@ class Fanout:
         self.hub.viewers = 0
 
     def attach(self, queue: ViewerQueue) -> None:
+        self.flush()  # the cached GOP below already holds this read's packets: no duplicates
         queue.video_media = self.video_media
         if self.gop is not None:
             queue.prime(self.gop.snapshot())
@@ -198,10 +219,48 @@ class Fanout:
         keyframe = False
         if self.gop is not None:
             keyframe = self.gop.add(now, media, is_rtcp, data)
-        for q in self.queues:
-            q.push(media, is_rtcp, data, keyframe)
+        if self.queues:
+            self._pending.append((media, is_rtcp, data, keyframe))
 
     def flush(self) -> None:
-        """The publisher finished one read: every viewer gets what it queued, in one write."""
+        """The publisher finished one read: hand its packets to every viewer.
+
+        A viewer that is caught up (empty queue, writer idle) and plays over TCP gets the read as
+        one ready-made byte string, framed once per channel layout and shared by every viewer with
+        that layout: one ``write`` per viewer per read, no per-packet work per viewer. Any other
+        viewer gets the packets queued one by one, then one direct write attempt.
+        """
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        wires: dict[tuple[tuple[int, int, int], ...], tuple[bytes, int]] = {}
         for q in self.queues:
+            sig = q.wire_layout
+            if (sig is not None and q.write_wire is not None and q.writer_idle and not q._items
+                    and not q.waiting_keyframe and not q.closed):
+                wire = wires.get(sig)
+                if wire is None:
+                    wire = wires[sig] = frame_packets(pending, sig)
+                self.shared_writes += 1
+                q.send_wire(*wire)
+                continue
+            for media, is_rtcp, data, keyframe in pending:
+                q.push(media, is_rtcp, data, keyframe)
             q.flush()
+
+
+def frame_packets(packets: list[tuple[int, bool, bytes, bool]],
+                  layout: tuple[tuple[int, int, int], ...]) -> tuple[bytes, int]:
+    """``packets`` as RTSP interleaved frames for a viewer whose tracks use ``layout``
+    (``(media, rtp channel, rtcp channel)`` each), and how many packets that is."""
+    channels = {m: (rtp_ch, rtcp_ch) for m, rtp_ch, rtcp_ch in layout}
+    parts: list[bytes] = []
+    for media, is_rtcp, data, _kf in packets:
+        ch = channels.get(media)
+        n = len(data)
+        if ch is None or n > 0xFFFF:
+            continue
+        parts.append(bytes((0x24, ch[1] if is_rtcp else ch[0], n >> 8, n & 0xFF)))
+        parts.append(data)
+    return b"".join(parts), len(parts) // 2

@@ -417,6 +417,10 @@ class _Conn:
         if not sess.playing:
             queue = ViewerQueue(set(sess.tracks), max_packets=self.server.queue_packets)
             queue.direct = self._direct_writer(sess)
+            if all(t.tcp and t.channels for t in sess.tracks.values()):
+                queue.wire_layout = tuple(sorted(
+                    (m, *t.channels) for m, t in sess.tracks.items() if t.channels))
+                queue.write_wire = self._wire_writer()
             fanout.attach(queue)
             sess.queue = queue
             sess.playing = True
@@ -453,6 +457,25 @@ class _Conn:
             sess.writer.cancel()
             sess.writer = None
         sess.playing = False
+
+    def _wire_writer(self) -> Callable[[bytes], int]:
+        """Non-blocking write of ready-framed bytes to this connection, from the publisher's
+        task: the bytes written, or -1 when the connection is busy (lock held) or broken (the
+        writer task then sends, or meets the error and ends the connection)."""
+        fd = self.stream.socket.fileno()
+        lock = self.lock
+
+        def write(wire: bytes) -> int:
+            if lock.locked():
+                return -1
+            try:
+                return os.write(fd, wire)
+            except BlockingIOError:
+                return 0
+            except OSError:
+                return -1
+
+        return write
 
     def _direct_writer(self, sess: Session) -> Callable[[ViewerQueue], bool]:
         """A non-blocking writer of ``sess``'s queue, run from the publisher's task.
