@@ -76,6 +76,8 @@ class StreamManager:
         self._state: dict[str, StreamState] = {}
         self.on_added: list[Callable[[StreamRecord], Any]] = []
         self.on_removed: list[Callable[[str], Any]] = []
+        self._known: set[str] = set()  # ids this process has announced through on_added
+        self._busy: set[str] = set()  # ids being added or removed by this process right now
 
     async def add(
         self, stream_id: Any, name: Any, rtsp_url: Any, description: Any = None
@@ -88,12 +90,16 @@ class StreamManager:
             description = ""
         if not isinstance(description, str):
             raise StreamError(f"description must be a string, got {type(description).__name__}")
+        self._busy.add(stream_id)
         try:
             rec = await trio.to_thread.run_sync(
                 self.store.add_stream, StreamRecord(stream_id, name, rtsp_url, description)
             )
         except DuplicateStreamError:
             raise StreamError(f"stream '{stream_id}' already exists") from None
+        finally:
+            self._busy.discard(stream_id)
+        self._known.add(stream_id)
         self._state[stream_id] = StreamState()
         log.info("stream %s added (%s)", stream_id, redact(rtsp_url))
         for cb in self.on_added:
@@ -102,12 +108,46 @@ class StreamManager:
 
     async def remove(self, stream_id: Any) -> None:
         validate_stream_id(stream_id)
-        if not await trio.to_thread.run_sync(self.store.remove_stream, stream_id):
-            raise StreamError(f"no stream '{stream_id}'")
+        self._busy.add(stream_id)
+        try:
+            if not await trio.to_thread.run_sync(self.store.remove_stream, stream_id):
+                raise StreamError(f"no stream '{stream_id}'")
+        finally:
+            self._busy.discard(stream_id)
+        self._known.discard(stream_id)
         self._state.pop(stream_id, None)
         log.info("stream %s removed", stream_id)
         for cb in self.on_removed:
             cb(stream_id)
+
+    async def watch_store(self, interval: float = 2.0, *,
+                          task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Notice streams added or removed by another process (``hubruntime streams add`` while
+        the hub runs) and announce them like our own, so reading starts without a restart.
+
+        Polling a one-table SELECT every ``interval`` seconds costs nothing measurable; SQLite
+        has no cross-process change notification.
+        """
+        self._known |= {r.stream_id for r in await self.list()}
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            records = await self.list()
+            ids = {r.stream_id for r in records}
+            for rec in records:
+                if rec.stream_id not in self._known and rec.stream_id not in self._busy:
+                    self._known.add(rec.stream_id)
+                    self._state[rec.stream_id] = StreamState()
+                    log.info("stream %s added by another process (%s)", rec.stream_id,
+                             redact(rec.rtsp_url))
+                    for cb in self.on_added:
+                        cb(rec)
+            for stream_id in sorted(self._known - ids - self._busy):
+                self._known.discard(stream_id)
+                self._state.pop(stream_id, None)
+                log.info("stream %s removed by another process", stream_id)
+                for cb in self.on_removed:
+                    cb(stream_id)
 
     async def get(self, stream_id: str) -> StreamRecord | None:
         return await trio.to_thread.run_sync(self.store.get_stream, stream_id)
