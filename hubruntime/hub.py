@@ -105,6 +105,7 @@ class Hub:
                 await nursery.start(run_event_log, store, bus, cfg.events.log_max_rows)
                 await nursery.start(self.rtsp.serve_publish, cfg.rtsp.internal_port)
                 await nursery.start(ingest.run)
+                await nursery.start(manager.watch_store)  # streams added by the CLI meanwhile
                 await nursery.start(live.run)
                 await nursery.start(self.plugins.run, plugins)
                 self.backchannel_server = BackchannelServer(bus, cfg.backchannel_server.listen)
