@@ -204,8 +204,13 @@ class Fanout:
     def attach(self, queue: ViewerQueue) -> None:
         self.flush()  # the cached GOP below already holds this read's packets: no duplicates
         queue.video_media = self.video_media
-        if self.gop is not None:
-            queue.prime(self.gop.snapshot())
+        snapshot = self.gop.snapshot() if self.gop is not None else []
+        if snapshot:
+            queue.prime(snapshot)
+        elif self.video_media is not None:
+            # no keyframe cached yet (the stream just started): wait for one rather than show
+            # the smear of P-frames without their reference
+            queue.waiting_keyframe = True
         self.queues.append(queue)
         self.hub.viewers = len(self.queues)
 
