@@ -8,6 +8,7 @@ so stopping the hub stops each of them exactly once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from hubruntime.lua.modules.cameras import CamerasModule
 from hubruntime.lua.modules.storage import StorageModule
 from hubruntime.lua.plugins import PluginHost
 from hubruntime.netaddr import lan_address
+from hubruntime.netwatch import NetworkWatcher
 from hubruntime.proto.digest import DigestAuth
 from hubruntime.rtsp.live import LiveStreams
 from hubruntime.rtsp.server import PublishRegistry, RtspServer
@@ -76,6 +78,11 @@ class Hub:
         self.backchannel_server: BackchannelServer | None = None
         self.api: ApiService | None = None
         self.sources: list[BackchannelClient | OscClient] = []
+        self.netwatch: NetworkWatcher | None = None
+        # Called with the new LAN address when it changes (the network watcher keeps this very
+        # list). Without advertise_host, run() adds the live streams' URL update; the tunnel
+        # service's restart goes here as well.
+        self.on_address_change: list[Callable[[str], None]] = []
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -96,6 +103,11 @@ class Hub:
                 live.server.auth = DigestAuth("hubruntime", {cfg.rtsp.user: cfg.rtsp.password})
             handlers = {**CamerasModule(manager).handlers(), **StorageModule(store).handlers(),
                         **live.handlers()}
+            if not cfg.advertise_host:  # an advertised host is fixed: nothing to follow
+                self.on_address_change.append(live.address_changed)
+            # TUNNELS: append the tunnel service's restart to self.on_address_change here
+            self.netwatch = NetworkWatcher(bus, poll_secs=cfg.network.poll_secs,
+                                           on_address_change=self.on_address_change)
             self.plugins = PluginHost(cfg.lua, bus, handlers)
             plugins = load_plugins(cfg.plugin_dirs)
             streams = await manager.list()
@@ -103,6 +115,11 @@ class Hub:
                      len(streams), len(plugins))
             async with trio.open_nursery() as nursery:
                 await nursery.start(run_event_log, store, bus, cfg.events.log_max_rows)
+                # before the plugins: starting disconnected is published (and sticky) before any
+                # startup script subscribes
+                await nursery.start(self.netwatch.run)
+                if not cfg.advertise_host and self.netwatch.address not in (None, live.host):
+                    live.address_changed(self.netwatch.address)  # its rule beats netaddr's guess
                 await nursery.start(self.rtsp.serve_publish, cfg.rtsp.internal_port)
                 await nursery.start(ingest.run)
                 await nursery.start(manager.watch_store)  # streams added by the CLI meanwhile

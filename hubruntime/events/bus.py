@@ -76,6 +76,11 @@ class Mailbox:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __contains__(self, item: object) -> bool:
+        """Whether ``item`` (that very object) waits here: the plugin host asks it of a sticky
+        event, to know if a new subscriber will get it anyway."""
+        return any(x is item for x in self._items)
+
     def put(self, item: Any) -> None:
         if len(self._items) >= self.maxlen:
             self._items.popleft()
@@ -128,6 +133,7 @@ class EventBus:
         self._next_seq = first_seq
         self.queue_size = queue_size
         self._subscribers: list[tuple[Mailbox, Callable[[Published], bool] | None]] = []
+        self._sticky: dict[str, Published] = {}
 
     def subscribe(
         self,
@@ -168,6 +174,23 @@ class EventBus:
             if accept is None or accept(item):
                 box.put(item)
         return item
+
+    def set_sticky(self, key: str, item: Published | None) -> None:
+        """Keep ``item`` (an event already published) as a state a new subscriber is told at
+        once, until replaced or cleared with None; ``key`` names the state ("network").
+
+        Why: ``hub_disconnected_from_local_network`` describes a state, not a moment
+        (``cameras-api.md``: "sent at once to a new subscriber while disconnected"). The bus only
+        keeps it; the plugin host delivers it to each new ``cameras.subscribe``.
+        """
+        if item is None:
+            self._sticky.pop(key, None)
+        else:
+            self._sticky[key] = item
+
+    def sticky_events(self) -> list[Published]:
+        """The sticky events now, in the order they were set."""
+        return list(self._sticky.values())
 
     @property
     def last_seq(self) -> int:

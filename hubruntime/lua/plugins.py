@@ -64,6 +64,18 @@ class WorkerDied(Exception):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Targeted:
+    """A sticky event (``EventBus.set_sticky``) for one new subscriber of this plugin only: it
+    subscribed after the event was published, and the plugin's other subscribers had it already.
+    ``life`` is the worker life the subscription belongs to: subscriber ids restart with each
+    life (and the new life's startup subscribes again), so an older life's item is dropped."""
+
+    life: int
+    subscriber: str
+    item: Published
+
+
 class PluginRunner:
     """One plugin: its mailbox, its worker process, its restarts."""
 
@@ -87,6 +99,7 @@ class PluginRunner:
         self._stopped = trio.Event()
         self._stopping = False
         self._cancel: trio.CancelScope | None = None
+        self._life = 0
 
     # what the bus asks -------------------------------------------------------------------
     def wants(self, item: Published) -> bool:
@@ -184,6 +197,7 @@ class PluginRunner:
         self._stopped = trio.Event()
         inflight = self._inflight
         inflight.clear()
+        self._life += 1
         try:
             async with trio.open_nursery() as nursery:
                 self.timers = TimerSet(nursery, self.mailbox.put)
@@ -258,6 +272,12 @@ class PluginRunner:
             while len(self._inflight) >= PIPELINE:
                 await self._done_changed.wait()
             items = await self.mailbox.get_batch(self.config.batch_size)
+            items = [i for i in items if not (isinstance(i, Targeted) and i.life != self._life)]
+            if not items:  # only an older life's targeted items: nothing to send
+                if not self._inflight and not len(self.mailbox):
+                    self.idle.set()
+                    self.idle = trio.Event()
+                continue
             batch_id += 1
             self._inflight[batch_id] = items
             await self._send_raw(wire.encode_batch(batch_id, [_item(i) for i in items]))
@@ -313,6 +333,8 @@ class PluginRunner:
                                  redact(str(err)))
         elif kind == "subs":
             self.subscribers = int(msg.get("n", 0))
+            if msg.get("new"):
+                self._send_sticky(str(msg["new"]), msg.get("at"))
         elif kind == "done":
             items = self._inflight.pop(int(msg.get("b", 0)), None)
             if items is not None:
@@ -334,6 +356,27 @@ class PluginRunner:
                 plugin_log.error("[%s] %s", self.plugin.id, redact(str(err)))
             self._stopped.set()
 
+    def _send_sticky(self, subscriber: str, at: Any) -> None:
+        """Queue each sticky event for a new subscriber, unless the broadcast copy reaches it.
+
+        The worker dispatches an event to the subscribers it has *when it runs that event*. So
+        the copy already queued (in the mailbox, or in flight after the run that subscribed,
+        ``at`` = [batch, index]) will reach the new subscriber; one already run (or running:
+        dispatch fixes its list of subscribers when it starts) will not, nor will an event that
+        was not queued because the plugin had no subscriber then.
+        """
+        try:
+            at_batch, at_index = int(at[0]), int(at[1])
+        except (TypeError, ValueError, IndexError):
+            at_batch = at_index = 0
+        for item in self.host.bus.sticky_events():
+            if item in self.mailbox or any(
+                    sent is item and (batch, index) > (at_batch, at_index)
+                    for batch, items in self._inflight.items()
+                    for index, sent in enumerate(items)):
+                continue
+            self.mailbox.put(Targeted(self._life, subscriber, item))
+
     async def drained(self, timeout: float) -> bool:
         """Wait until the mailbox is empty and no batch is in flight (``plugin run``, tests)."""
         with trio.move_on_after(timeout):
@@ -346,6 +389,8 @@ class PluginRunner:
 def _item(item: Any) -> bytes:
     if isinstance(item, Published):
         return b'["e",%b]' % item.json_bytes
+    if isinstance(item, Targeted):
+        return b'["t",%b,%b]' % (json.dumps(item.subscriber).encode(), item.item.json_bytes)
     kind, ref, args = item
     return json.dumps([kind, ref, args], separators=(",", ":"), ensure_ascii=False).encode()
 

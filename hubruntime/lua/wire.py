@@ -8,9 +8,11 @@ of plain data and the stdlib codec is C-fast; batching many events into one fram
 Messages (``t`` is the type):
 - hub → worker: ``init`` {plugin, permissions, scripts{name: source}, startup, limits},
   ``batch`` {b, items: [[kind, ...]]} with kind ``e`` (event), ``s`` (script address, args),
-  ``f`` (timer function id, args); ``ret`` {id, ok, v}; ``stop`` {teardown}.
-- worker → hub: ``ready`` {errors}, ``done`` {b, failed}, ``call`` {id, name, where, args},
-  ``log`` {level, where, msg}, ``stopped`` {}.
+  ``f`` (timer function id, args), ``t`` (subscriber id, event: for that subscriber only);
+  ``ret`` {id, ok, v}; ``stop`` {teardown}.
+- worker → hub: ``ready`` {errors, subs}, ``done`` {b, failed}, ``call`` {id, name, where, args},
+  ``log`` {level, where, msg}, ``subs`` {n, new (the id subscribed, if one was), at ([batch,
+  index] of the run that subscribed; batch 0 is startup)}, ``stopped`` {}.
 """
 
 from __future__ import annotations

@@ -43,8 +43,11 @@ class Marker:
             self._map = mmap.mmap(fd, MARKER_SIZE)
         finally:
             os.close(fd)
+        self.batch = 0  # where the current (or last) run is, for the ``subs`` message
+        self.index = 0
 
     def begin(self, index: int, batch: int = 0) -> None:
+        self.batch, self.index = batch, index
         struct.pack_into("<iqI", self._map, 4, index, time.monotonic_ns(), batch)
         struct.pack_into("<I", self._map, 0, 1)
 
@@ -70,6 +73,7 @@ class Worker:
         self.sandbox: LuaSandbox | None = None
         self.call_id = 0
         self.plugin_id = "?"
+        self.sub_scripts: dict[str, str] = {}  # subscriber id → script, for targeted items
 
     # socket --------------------------------------------------------------------------------
     def send(self, message: Any) -> None:
@@ -148,13 +152,18 @@ class Worker:
             sid, err = sb.subscribe(first)
             if sid is None:
                 return False, err
-            self.send({"t": "subs", "n": sb.subscriber_count})
+            self.sub_scripts[sid] = first
+            # "new" and "at" (the run that subscribed) let the hub send sticky events to this
+            # subscriber alone, and only if the broadcast copy would not reach it anyway
+            self.send({"t": "subs", "n": sb.subscriber_count, "new": sid,
+                       "at": [self.marker.batch, self.marker.index]})
             return True, sid
         if name == "cameras.unsubscribe":
             if not isinstance(first, str):
                 return False, _bad_arg(name, "subscriberId", "string", first)
             if not sb.unsubscribe(first):
                 return False, f"cameras.unsubscribe: no subscription '{first}'"
+            self.sub_scripts.pop(first, None)
             self.send({"t": "subs", "n": sb.subscriber_count})
             return True, None
         converted: list[Any] = []
@@ -223,6 +232,10 @@ class Worker:
                 elif kind == "s":
                     err = sb.run_script(item[1], item[2])
                     problems = [err] if err else []
+                elif kind == "t":  # an event for one subscriber only (a sticky event)
+                    script = self.sub_scripts.get(item[1])  # None: it unsubscribed since
+                    err = sb.run_script(script, item[2]) if script is not None else None
+                    problems = [err] if err else []
                 else:  # "f": a timer's Lua function
                     err = sb.run_timer_function(item[1], item[2])
                     problems = [err] if err else []
@@ -273,6 +286,8 @@ def _describe(item: list[Any]) -> str:
         event = item[1]
         sid = event.get("streamId")
         return f"event {event.get('event')}" + (f" ({sid})" if sid else "")
+    if item[0] == "t":
+        return f"event {item[2].get('event')} for {item[1]}"
     if item[0] == "s":
         return f"script {item[1]}"
     return f"timer {item[1]}"

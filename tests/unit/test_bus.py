@@ -64,3 +64,28 @@ async def test_accept_filter_and_unsubscribe():
     bus.unsubscribe(box)
     bus.publish("camera_stream_closed", streamId="s2", attempt=2)
     assert [p.event["attempt"] for p in box.get_nowait_batch(10)] == [1]
+
+
+async def test_sticky_events_are_kept_replaced_and_cleared_by_key():
+    bus = EventBus()
+    assert bus.sticky_events() == []
+    down = bus.publish("hub_disconnected_from_local_network")
+    bus.set_sticky("network", down)
+    other = bus.publish("camera_stream_closed", streamId="s", attempt=1)
+    bus.set_sticky("other", other)
+    assert bus.sticky_events() == [down, other]
+    again = bus.publish("hub_disconnected_from_local_network")
+    bus.set_sticky("network", again)  # replaced in place
+    assert bus.sticky_events() == [again, other]
+    bus.set_sticky("network", None)
+    bus.set_sticky("missing", None)  # clearing what is not there is fine
+    assert bus.sticky_events() == [other]
+
+
+async def test_mailbox_contains_that_very_item():
+    bus = EventBus()
+    box = bus.subscribe("a")
+    first = bus.publish("hub_connected_to_local_network")
+    twin = bus.publish("hub_connected_to_local_network")  # equal content, another event
+    box.get_nowait_batch(1)
+    assert first not in box and twin in box
