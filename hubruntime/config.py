@@ -238,4 +238,10 @@ def load_config(
         kwargs["rtsp"] = dataclasses.replace(kwargs.get("rtsp", RtspConfig()), port=rtsp_port)
     if plugin_dirs:
         kwargs["plugin_dirs"] = tuple(kwargs.get("plugin_dirs", ())) + tuple(plugin_dirs)
+    cloud = kwargs.get("cloud")
+    if cloud is not None and cloud.host:
+        missing = [k for k in ("key_file", "known_hosts") if not getattr(cloud, k)]
+        if missing:
+            raise ConfigError(f"{where} [cloud]: a relay host needs {' and '.join(missing)} "
+                              "(the relay's host key is verified, never accepted blindly)")
     return HubConfig(**kwargs)

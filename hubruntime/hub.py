@@ -33,6 +33,7 @@ from hubruntime.sources.osc import OscClient
 from hubruntime.store import Store
 from hubruntime.streams.manager import StreamManager
 from hubruntime.streams.supervisor import IngestService
+from hubruntime.tunnels import TunnelService
 
 log = logging.getLogger("hubruntime.hub")
 
@@ -50,6 +51,15 @@ def load_plugins(dirs: tuple[Path, ...]) -> list[Plugin]:
             log.warning("%s", warning)
         plugins.append(plugin)
     return plugins
+
+
+def _loopback_for(bind: str) -> str:
+    """Where the tunnel's bridges reach the RTSP server bound to ``bind``."""
+    if bind in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bind == "::":
+        return "::1"
+    return bind
 
 
 async def _start_optional(nursery: trio.Nursery, what: str, fn: Any) -> bool:
@@ -79,6 +89,7 @@ class Hub:
         self.api: ApiService | None = None
         self.sources: list[BackchannelClient | OscClient] = []
         self.netwatch: NetworkWatcher | None = None
+        self.tunnels: TunnelService | None = None
         # Called with the new LAN address when it changes (the network watcher keeps this very
         # list). Without advertise_host, run() adds the live streams' URL update; the tunnel
         # service's restart goes here as well.
@@ -105,7 +116,12 @@ class Hub:
                         **live.handlers()}
             if not cfg.advertise_host:  # an advertised host is fixed: nothing to follow
                 self.on_address_change.append(live.address_changed)
-            # TUNNELS: append the tunnel service's restart to self.on_address_change here
+            self.tunnels = tunnels = TunnelService(
+                cfg.cloud, bus, local_port=lambda: live.server.port,
+                local_host=_loopback_for(cfg.rtsp.bind))
+            live.server.tcp_only = tunnels.is_bridge
+            self.on_address_change.append(
+                lambda addr: tunnels.restart(f"the hub's address is now {addr}"))
             self.netwatch = NetworkWatcher(bus, poll_secs=cfg.network.poll_secs,
                                            on_address_change=self.on_address_change)
             self.plugins = PluginHost(cfg.lua, bus, handlers)
@@ -124,6 +140,7 @@ class Hub:
                 await nursery.start(ingest.run)
                 await nursery.start(manager.watch_store)  # streams added by the CLI meanwhile
                 await nursery.start(live.run)
+                await nursery.start(tunnels.run)  # before plugins: it follows live streams' events
                 await nursery.start(self.plugins.run, plugins)
                 self.backchannel_server = BackchannelServer(bus, cfg.backchannel_server.listen)
                 await _start_optional(nursery, "backchannel server", self.backchannel_server.run)

@@ -57,6 +57,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(addr)
+        sock.listen(BACKLOG)  # here: with SO_REUSEADDR a port in use fails at listen(), not bind()
         sock.setblocking(False)
     except BaseException:
         sock.close()

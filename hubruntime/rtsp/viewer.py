@@ -71,6 +71,10 @@ class ViewerServer:
         self.lookup = lookup
         self.auth = auth
         self.first_request_timeout = first_request_timeout
+        # (host, port) of a connection that must play over TCP only: one bridged from the SSH
+        # tunnel comes from the hub itself, and RTP over UDP would go to the hub's own loopback
+        # instead of the remote viewer (who then stalls until its client falls back to TCP).
+        self.tcp_only: Callable[[str, int], bool] = lambda host, port: False
         self.session_timeout = session_timeout
         self.queue_packets = queue_packets
         self.sessions: dict[str, Session] = {}
@@ -146,12 +150,14 @@ class _Conn:
         self.sessions: dict[str, Session] = {}
         self.lock = trio.Lock()
         self.peer = "?"
+        self.peer_port = 0
         self.cancel = trio.CancelScope()
         self.last_rx = trio.current_time()
         self.nursery: trio.Nursery | None = None
         self.watching: str | None = None
         try:
-            self.peer = stream.socket.getpeername()[0]
+            peer = stream.socket.getpeername()
+            self.peer, self.peer_port = peer[0], peer[1]
         except OSError:
             pass
 
@@ -347,7 +353,8 @@ class _Conn:
                 track = TrackSetup(media, True, channels=ch)
                 answer = rtsp.Transport("RTP/AVP/TCP", interleaved=ch)
                 break
-            if offer.client_port is not None:
+            if offer.client_port is not None and not self.server.tcp_only(self.peer,
+                                                                          self.peer_port):
                 track = await self._udp_track(media, offer.client_port)
                 if track is not None:
                     answer = rtsp.Transport("RTP/AVP", client_port=offer.client_port,

@@ -91,3 +91,17 @@ def test_client_interface_config_errors_are_clear(tmp_path, text, needle):
     with pytest.raises(ConfigError, match=None) as exc:
         load_config(f)
     assert needle in str(exc.value)
+
+
+def test_a_cloud_relay_needs_a_key_and_known_hosts(tmp_path):
+    f = tmp_path / "hub.toml"
+    f.write_text('[cloud]\nhost = "relay.example.net"\nuser = "hub"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_config(f)
+    assert "key_file and known_hosts" in str(exc.value)
+    f.write_text('[cloud]\nhost = "relay.example.net"\nkey_file = "/k"\nknown_hosts = "/kh"\n'
+                 '[network]\npoll_secs = 0.5\n')
+    cfg = load_config(f)
+    assert (cfg.cloud.host, cfg.cloud.port, cfg.cloud.remote_port) == ("relay.example.net", 22, 0)
+    assert cfg.network.poll_secs == 0.5
+    assert load_config().cloud.host == ""  # no relay by default: no tunnel, no events
