@@ -34,19 +34,11 @@ import time
 from pathlib import Path
 
 import trio
+from benchlib import out, proc_cpu
+from benchlib import percentile as pct
 
 TOKEN = "bench-token"
 AUTH = f"Authorization: Acc {TOKEN}\r\n"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def out(line: str = "") -> None:
-    print(line, flush=True)
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))] if s else float("nan")
 
 
 # ==========================================================================================
@@ -183,9 +175,10 @@ class Child:
 
     def cpu_secs(self) -> float:
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        cpu = proc_cpu(self.proc.pid)
+        if cpu is None:
+            raise RuntimeError(f"server child {self.proc.pid} is gone")
+        return cpu
 
     async def stop(self) -> None:
         if self.proc is None:

@@ -46,6 +46,7 @@ from typing import Any
 
 import lupa.lua54 as lupa
 import trio
+from benchlib import alive, goal, out, percentile, proc_cpu, proc_pss_kb, proc_status_kb
 
 from hubruntime.config import LuaConfig
 from hubruntime.events.bus import EventBus
@@ -92,24 +93,8 @@ END_EVENT = {"event": "bench_end", "source": "bench"}
 # small helpers
 
 
-def out(line: str = "") -> None:
-    print(line, flush=True)
-
-
-def goal(ok: bool) -> str:
-    return "meets goal" if ok else "MISSES goal"
-
-
 def fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
-    return s[k]
 
 
 def _version(dist: str) -> str:
@@ -134,39 +119,13 @@ def source_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def proc_status_kb(pid: int, key: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def proc_pss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def cpu_secs(pid: int | None = None) -> float:
-    """utime + stime of a process (this one if pid is None), in seconds."""
+    """utime + stime of a process (this one if pid is None), in seconds; 0 if it is gone."""
     if pid is None:
         t = os.times()
         return t.user + t.system
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    cpu = proc_cpu(pid)
+    return 0.0 if cpu is None else cpu
 
 
 def worker_pid(runner: PluginRunner) -> int | None:
@@ -729,24 +688,16 @@ async def run_round(
         pids += [p for p in (worker_pid(r) for r in runners) if p is not None and p not in pids]
         nursery.cancel_scope.cancel()
     # the host stopped its workers; check nobody is left
-    alive = [p for p in pids if os.path.exists(f"/proc/{p}") and _not_zombie(p)]
-    if alive:
-        out(f"  WARNING: worker pid(s) still alive after stop: {alive}; killing them")
-        for p in alive:
+    left = [p for p in pids if alive(p)]
+    if left:
+        out(f"  WARNING: worker pid(s) still alive after stop: {left}; killing them")
+        for p in left:
             try:
                 os.kill(p, 9)
             except OSError:
                 pass
     else:
         out(f"  all {len(pids)} worker(s) ended")
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -45,7 +45,6 @@ import gc
 import logging
 import os
 import selectors
-import shutil
 import signal
 import statistics
 import subprocess
@@ -58,15 +57,22 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from benchlib import (
+    children_of,
+    goal,
+    machine_cpu,
+    make_clip,
+    out,
+    percentile,
+    proc_cpu,
+    proc_pss_kb,
+    proc_rss_kb,
+    proc_wakeups,
+    start_py_spy,
+    summarize_profile,
+)
 
 from hubruntime.config import HealthConfig, HubConfig
-from hubruntime.fakecam.clip import (
-    CLIP_PARAMS,
-    clip_command,
-    clip_name,
-    default_cache_dir,
-    find_ffmpeg_exe,
-)
 from hubruntime.hub import Hub
 
 GOAL_P99_MS = 100.0  # detection, past the threshold
@@ -74,108 +80,6 @@ GOAL_HUB_PCT_PER_STREAM = 1.0  # % of one core
 STALL_SECS = 2.0
 CLIP_VIDEO_BITRATE = "1900k"  # + 64k AAC + RTP headers: ~2.0 Mbit/s on the wire
 SAMPLE_EVERY = 0.5
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def out(line: str = "") -> None:
-    print(line, flush=True)
-
-
-def goal(ok: bool) -> str:
-    return "meets goal" if ok else "MISSES goal"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
-    return s[k]
-
-
-# ------------------------------------------------------------------------------------------
-# /proc
-
-
-def proc_cpu(pid: int) -> float | None:
-    """utime + stime of ``pid`` in seconds; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def proc_kb(pid: int, key: str = "VmRSS") -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def proc_pss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]]
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-    total = sum(vals[:8])
-    return float(total - idle), float(total)
-
-
-def ffmpeg_children() -> list[int]:
-    me = os.getpid()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        rest = stat.rsplit(")", 1)[1].split()
-        if int(rest[1]) == me and comm.startswith("ffmpeg") and rest[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-# ------------------------------------------------------------------------------------------
-# the clip and the camera processes
-
-
-def make_clip(cache_dir: Path) -> tuple[Path, float]:
-    """A ~2 Mbit/s clip (the default clip's parameters, higher video bitrate), generated once;
-    returns its path and its file bitrate in Mbit/s."""
-    params = dict(CLIP_PARAMS, video_bitrate=CLIP_VIDEO_BITRATE)
-    target = cache_dir / clip_name(params)
-    if not (target.is_file() and target.stat().st_size > 0):
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{target.stem}.{os.getpid()}.tmp.mp4"
-        try:
-            subprocess.run(clip_command(find_ffmpeg_exe(), tmp, params), check=True,
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-    secs = float(params["seconds"])
-    return target, target.stat().st_size * 8 / secs / 1e6
 
 
 @dataclass
@@ -287,7 +191,7 @@ class ReaderCpu:
 def ctx_switches() -> int:
     """Voluntary context switches of this process's main thread (the trio thread): each is a
     sleep in epoll_wait followed by a wakeup."""
-    return proc_kb(os.getpid(), "voluntary_ctxt_switches") or 0
+    return proc_wakeups(os.getpid()) or 0
 
 
 @dataclass
@@ -467,7 +371,7 @@ class Bench:
             # idle hub: no stream
             await trio.sleep(0.3)
             gc.collect()
-            run.rss_before_kb = proc_kb(os.getpid()) or 0
+            run.rss_before_kb = proc_rss_kb(os.getpid()) or 0
             a = self.snap()
             await trio.sleep(args.idle)
             run.idle = self.window("idle hub (no stream)", a, self.snap(), (0.0, 0))
@@ -487,7 +391,7 @@ class Bench:
             run.up_secs = trio.current_time() - t_add
             await trio.sleep(args.warmup)
             gc.collect()
-            run.rss_after_kb = proc_kb(os.getpid()) or 0
+            run.rss_after_kb = proc_rss_kb(os.getpid()) or 0
 
             # steady window
             profiler = self.start_profiler(args.steady) if args.profile else None
@@ -501,9 +405,9 @@ class Bench:
             run.per_stream_mbit = [(h.bytes - per_stream0.get(s, 0)) * 8 / secs / 1e6
                                    for s, h in hub.ingest.hubs.items()]
             pids = self.readers.pids()
-            run.reader_rss_kb = [v for p in pids if (v := proc_kb(p)) is not None]
+            run.reader_rss_kb = [v for p in pids if (v := proc_rss_kb(p)) is not None]
             run.reader_pss_kb = [v for p in pids if (v := proc_pss_kb(p)) is not None]
-            run.cam_rss_kb = [v for c in self.cams if (v := proc_kb(c.proc.pid)) is not None]
+            run.cam_rss_kb = [v for c in self.cams if (v := proc_rss_kb(c.proc.pid)) is not None]
             if profiler is not None:
                 await self.finish_profiler(profiler)
 
@@ -522,21 +426,16 @@ class Bench:
                                            f"{args.stall_every:g} s per stream)", a, b,
                                            self.readers.end()))
             gc.collect()
-            run.rss_end_kb = proc_kb(os.getpid()) or 0
+            run.rss_end_kb = proc_rss_kb(os.getpid()) or 0
             await trio.sleep(0.1)  # the last events
             nursery.cancel_scope.cancel()
 
     # -- py-spy ----------------------------------------------------------------------------------
     def start_profiler(self, secs: float) -> subprocess.Popen[bytes] | None:
-        exe = shutil.which("py-spy")
-        if exe is None:
+        proc = start_py_spy(os.getpid(), secs, self.args.profile)
+        if proc is None:
             self.run.profile = "py-spy not found on PATH: no profile"
-            return None
-        cmd = [exe, "record", "--pid", str(os.getpid()), "--duration", str(max(1, int(secs))),
-               "--rate", "200", "--nonblocking", "--gil", "--format", "raw", "--output",
-               str(self.args.profile)]
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        return proc
 
     async def finish_profiler(self, proc: subprocess.Popen[bytes]) -> None:
         with trio.move_on_after(10):
@@ -572,46 +471,6 @@ def match_stalls(run: Run) -> list[float]:
                         st.track = ev.get("track", "")
                     used.add(j)
     return [w for j, (w, _, _) in enumerate(delays) if j not in used]
-
-
-IDLE_LEAVES = ("get_events (_io_epoll.py)", "_epoll_wait (_io_epoll.py)")
-
-
-def summarize_profile(path: Path, top: int = 14) -> list[str]:
-    """Self and inclusive shares of the samples in a py-spy raw (collapsed) file; samples whose
-    leaf is trio's epoll wait are counted apart as idle."""
-    selfc: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = idle = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        c = int(count)
-        frames = []
-        for fr in stack.split(";"):
-            # "func (path/file.py:line)" -> "func (file.py)"
-            func, _, loc = fr.partition(" (")
-            fname = loc.rsplit("/", 1)[-1].split(":", 1)[0].rstrip(")")
-            frames.append(f"{func} ({fname})")
-        if frames and frames[-1] in IDLE_LEAVES:
-            idle += c
-            continue
-        total += c
-        if frames:
-            selfc[frames[-1]] += c
-            for fr in set(frames):
-                incl[fr] += c
-    if not total:
-        return ["(no samples)"]
-    lines = [f"{total} samples holding the GIL (+{idle} in epoll_wait, left out); self time "
-             "(leaf function):"]
-    lines += [f"  {100 * c / total:5.1f} %  {f}" for f, c in selfc.most_common(top)]
-    lines.append("inclusive (function and what it calls), hubruntime and trio frames:")
-    keep = [(f, c) for f, c in incl.most_common() if "(" in f and not f.startswith("<module>")
-            and not f.startswith("run (_run.py)")]
-    lines += [f"  {100 * c / total:5.1f} %  {f}" for f, c in keep[:top]]
-    return lines
 
 
 def report(run: Run, args: argparse.Namespace, started: float) -> None:
@@ -760,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
-    clip, clip_mbit = make_clip(default_cache_dir())
+    clip, clip_mbit = make_clip({"video_bitrate": CLIP_VIDEO_BITRATE})
     run = Run(args.streams, clip_mbit, threshold=args.threshold)
     with tempfile.TemporaryDirectory(prefix="hubruntime-bench-ingest-") as tmp:
         tmpdir = Path(tmp)
@@ -771,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
             budget = args.seconds + args.idle + args.warmup + 45
             trio.run(_bounded, bench, tmpdir / "data", budget)
         finally:
-            left = ffmpeg_children()
+            left = children_of(os.getpid(), "ffmpeg")
             for pid in left:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -786,7 +645,9 @@ def main(argv: list[str] | None = None) -> int:
             if alive:
                 out(f"WARNING: camera processes still alive: {alive}")
     if args.profile and run.profile is None and args.profile.is_file():
-        run.profile = "\n".join(summarize_profile(args.profile))
+        run.profile = "\n".join(summarize_profile(
+            args.profile, 14,
+            "inclusive (function and what it calls), hubruntime and trio frames:"))
     report(run, args, started)
     return 0
 

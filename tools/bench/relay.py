@@ -78,7 +78,6 @@ import json
 import math
 import os
 import selectors
-import shutil
 import signal
 import socket
 import statistics
@@ -93,6 +92,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchlib import (
+    alive,
+    children_of,
+    machine_cpu,
+    make_clip,
+    out,
+    percentile,
+    proc_cpu,
+    proc_rss_kb,
+    proc_wakeups,
+    start_py_spy,
+    summarize_profile,
+)
 
 HERE = Path(__file__).resolve().parent
 SELF = Path(__file__).resolve()
@@ -109,22 +122,8 @@ GRID = 0.02  # counting viewers read every 20 ms
 KEEPALIVE = 20.0
 SAMPLE_EVERY = 1.0
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS is the same
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 _RTP = struct.Struct("!BBHII")
 _TS = struct.Struct("qq")
-
-
-def out(line: str = "") -> None:
-    print(line, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
-    return s[k]
 
 
 # ==========================================================================================
@@ -660,103 +659,7 @@ async def hub_child(config: Path, plugins: Path) -> None:
 
 
 # ==========================================================================================
-# the controller: /proc, processes, clip
-
-
-def proc_cpu(pid: int, which: str = "both") -> float | None:
-    """utime + stime (or ``which`` = "user" / "system" alone) of ``pid`` (all its threads) in
-    seconds; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        user, system = int(fields[11]), int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return None
-    return {"both": user + system, "user": user, "system": system}[which] / CLK_TCK
-
-
-def proc_rss_kb(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def proc_wakeups(pid: int) -> int | None:
-    """Voluntary context switches of ``pid``'s main thread: each is a sleep (epoll_wait for
-    trio, the GLib main loop for GStreamer's) followed by a wake-up."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("voluntary_ctxt_switches:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def machine_cpu() -> tuple[float, float]:
-    with open("/proc/stat") as f:
-        vals = [int(v) for v in f.readline().split()[1:]]
-    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-    total = sum(vals[:8])
-    return float(total - idle), float(total)
-
-
-def children_of(ppid: int, comm_prefix: str | None = None) -> list[int]:
-    """Live (non-zombie) children of ``ppid``, optionally only those whose name starts so."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
-        rest = stat.rsplit(")", 1)[1].split()
-        if int(rest[1]) == ppid and rest[0] != "Z" and (
-                comm_prefix is None or comm.startswith(comm_prefix)):
-            found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def make_clip() -> tuple[Path, float]:
-    """The ~4 Mbit/s clip, generated once into the fake camera's cache folder; (path, Mbit/s of
-    the file)."""
-    from hubruntime.fakecam.clip import (
-        CLIP_PARAMS,
-        clip_command,
-        clip_name,
-        default_cache_dir,
-        find_ffmpeg_exe,
-    )
-
-    params = dict(CLIP_PARAMS, **CLIP_OVERRIDES)
-    cache = default_cache_dir()
-    target = cache / clip_name(params)
-    if not (target.is_file() and target.stat().st_size > 0):
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f".{target.stem}.{os.getpid()}.tmp.mp4"
-        try:
-            subprocess.run(clip_command(find_ffmpeg_exe(), tmp, params), check=True,
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return target, target.stat().st_size * 8 / float(params["seconds"]) / 1e6
+# the controller: processes
 
 
 def free_port() -> int:
@@ -1167,14 +1070,9 @@ class Bench:
 
     # -- py-spy --------------------------------------------------------------------------------
     def start_profiler(self, secs: float) -> subprocess.Popen[bytes] | None:
-        exe = shutil.which("py-spy")
-        if exe is None or self.hub is None:
+        if self.hub is None:
             return None
-        cmd = [exe, "record", "--pid", str(self.hub.pid), "--duration", str(max(1, int(secs))),
-               "--rate", "200", "--nonblocking", "--gil", "--format", "raw", "--output",
-               str(self.args.profile)]
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        return start_py_spy(self.hub.pid, secs, self.args.profile)
 
     def finish_profiler(self, proc: subprocess.Popen[bytes]) -> list[str]:
         try:
@@ -1185,7 +1083,7 @@ class Bench:
         if proc.returncode != 0 or not self.args.profile.is_file():
             return [f"py-spy failed ({proc.returncode}): "
                     f"{err.decode(errors='replace').strip()[-300:]}"]
-        return summarize_profile(self.args.profile)
+        return summarize_profile(self.args.profile, 18)
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> None:
@@ -1232,46 +1130,6 @@ class Bench:
         if still:
             notes.append(f"still running: {still}")
         return notes
-
-
-# ==========================================================================================
-# profile summary (the format of tools/bench/ingest.py)
-
-IDLE_LEAVES = ("get_events (_io_epoll.py)", "_epoll_wait (_io_epoll.py)")
-
-
-def summarize_profile(path: Path, top: int = 18) -> list[str]:
-    selfc: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = idle = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        c = int(count)
-        frames = []
-        for fr in stack.split(";"):
-            func, _, loc = fr.partition(" (")
-            fname = loc.rsplit("/", 1)[-1].split(":", 1)[0].rstrip(")")
-            frames.append(f"{func} ({fname})")
-        if frames and frames[-1] in IDLE_LEAVES:
-            idle += c
-            continue
-        total += c
-        if frames:
-            selfc[frames[-1]] += c
-            for fr in set(frames):
-                incl[fr] += c
-    if not total:
-        return ["(no samples)"]
-    lines = [f"{total} samples holding the GIL (+{idle} in epoll_wait, left out); self time "
-             "(leaf function):"]
-    lines += [f"  {100 * c / total:5.1f} %  {f}" for f, c in selfc.most_common(top)]
-    lines.append("inclusive (function and what it calls):")
-    keep = [(f, c) for f, c in incl.most_common() if not f.startswith("<module>")
-            and not f.startswith("run (_run.py)")]
-    lines += [f"  {100 * c / total:5.1f} %  {f}" for f, c in keep[:top]]
-    return lines
 
 
 # ==========================================================================================
@@ -1526,7 +1384,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(SYSTEM_PYTHON).exists():
         out(f"{SYSTEM_PYTHON} not found: GStreamer's relay cannot run")
         return 2
-    clip, clip_mbit = make_clip()
+    clip, clip_mbit = make_clip(CLIP_OVERRIDES)
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hubruntime-bench-relay-") as tmp:
         bench = Bench(args, Path(tmp))
