@@ -47,13 +47,28 @@ class SessionDescription:
             lines.extend(m.lines)
         return "\r\n".join(lines) + "\r\n"
 
-    def with_controls(self, controls: list[str], session_control: str | None = "*") -> str:
-        """The same description with ``a=control`` of each media replaced (and the session's)."""
-        lines = [ln for ln in self.session_lines if not ln.startswith("a=control:")]
+    def with_controls(self, controls: list[str], session_control: str | None = "*",
+                      *, any_address: bool = False) -> str:
+        """The same description with ``a=control`` of each media replaced (and the session's).
+
+        ``any_address``: ``c=`` lines say 0.0.0.0 (``::``), as RFC 2326 C.1 suggests for a
+        unicast DESCRIBE, instead of where the publisher sent from (the hub's own loopback,
+        meaningless to a viewer, and to one behind the cloud relay above all).
+        """
+
+        def keep(ln: str) -> bool:
+            return not ln.startswith("a=control:")
+
+        def fix(ln: str) -> str:
+            if any_address and ln.startswith("c=IN "):
+                return "c=IN IP6 ::" if ln.startswith("c=IN IP6") else "c=IN IP4 0.0.0.0"
+            return ln
+
+        lines = [fix(ln) for ln in self.session_lines if keep(ln)]
         if session_control is not None:
             lines.append(f"a=control:{session_control}")
         for m, ctl in zip(self.media, controls, strict=True):
-            lines.extend(ln for ln in m.lines if not ln.startswith("a=control:"))
+            lines.extend(fix(ln) for ln in m.lines if keep(ln))
             lines.append(f"a=control:{ctl}")
         return "\r\n".join(lines) + "\r\n"
 

@@ -301,7 +301,7 @@ class _Conn:
             await self.reply(req, 503, [("Retry-After", "2")])
             return True
         controls = [f"trackID={m.index}" for m in pub.sdp.media]
-        body = pub.sdp.with_controls(controls).encode()
+        body = pub.sdp.with_controls(controls, any_address=True).encode()
         await self.reply(req, 200, [("Content-Type", "application/sdp"),
                                     ("Content-Base", f"{base}/{sid}/")], body)
         return True

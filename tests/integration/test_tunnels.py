@@ -283,10 +283,8 @@ async def test_established_and_viewers_through_the_relay(tmp_path, nursery, capt
     got = video_packets(c)
     assert got >= 25, got  # 2 s of 25 fps H.264, at least a packet a frame
     await c.aclose()
-    # Shown, not endorsed (see the issue note): the SDP is FFmpeg's publish SDP, whose c=/o=
-    # lines name the loopback address the camera reader published from. TCP clients ignore it;
-    # it does not name the hub's LAN address or RTSP port.
-    assert [ln for ln in lines if ln.startswith("c=")] == ["c=IN IP4 127.0.0.1"], sdp
+    # the SDP's connection address is "any", not the loopback the camera reader published from
+    assert [ln for ln in lines if ln.startswith("c=")] == ["c=IN IP4 0.0.0.0"], sdp
 
     # SSH forwards TCP only: a viewer coming through the relay is refused RTP over UDP (which
     # would go to the bridge, on the hub itself, never to the remote viewer), at once, so its

@@ -48,3 +48,13 @@ def test_static_payload_type_and_rewritten_controls():
 def test_bad_sdp_is_refused(text):
     with pytest.raises(SdpError):
         parse_sdp(text)
+
+
+def test_viewers_get_any_address_instead_of_the_publishers_loopback():
+    src = ("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           "m=video 0 RTP/AVP 96\r\nc=IN IP6 ::1\r\na=rtpmap:96 H264/90000\r\n")
+    text = parse_sdp(src).with_controls(["trackID=0"], any_address=True)
+    assert [ln for ln in text.split("\r\n") if ln.startswith("c=")] == [
+        "c=IN IP4 0.0.0.0", "c=IN IP6 ::"]
+    assert "o=- 0 0 IN IP4 127.0.0.1" in text  # the origin line is left as it is
+    assert "c=IN IP4 127.0.0.1" in parse_sdp(src).with_controls(["trackID=0"])
