@@ -103,7 +103,10 @@ class PluginRunner:
 
     # what the bus asks -------------------------------------------------------------------
     def wants(self, item: Published) -> bool:
-        return self.subscribers > 0
+        """Queue events for a plugin with subscribers, and for one whose worker is starting:
+        its startup script subscribes, and an event published meanwhile (a camera found
+        unreachable as the hub boots, or during a restart) would otherwise never reach it."""
+        return self.subscribers > 0 or not self.life_ready.is_set()
 
     def script_address(self, name: str) -> str | None:
         rel = _script_name(self.plugin.id, name)

@@ -326,3 +326,32 @@ def _rss_mb(runner: Any) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS")
+
+
+async def test_events_published_while_the_worker_starts_reach_its_startup_subscription(
+        harness, nursery):
+    """The worker takes tens of ms to spawn and run its startup script; events published
+    meanwhile wait in the plugin's mailbox instead of being dropped for want of a subscriber."""
+    h = harness
+    folder = make_plugin(h.root, "test.early", {"startup": SUBSCRIBE, "handler": """
+        local params = ...
+        require("logging").info("gap:" .. tostring(params.gapSecs))
+    """})
+    nursery.start_soon(h.host.run, [load_plugin(folder)])
+    published = 0
+    ready_at = None
+    with trio.fail_after(20):
+        while "test.early" not in h.host.runners:
+            await trio.sleep(0)
+        runner = h.host.runners["test.early"]
+        while published < 2000 and (ready_at is None or published < ready_at + 5):
+            h.bus.publish("camera_packet_delay", streamId="s", gapSecs=published)
+            published += 1
+            if ready_at is None and runner.life_ready.is_set():
+                ready_at = published
+            await trio.sleep(0.001)
+        assert ready_at is not None, "the worker never became ready"
+        await h.wait_log("test.early", f"gap:{published - 1}")
+    got = [int(t.split(":")[1]) for t in h.texts("test.early") if t.startswith("gap:")]
+    assert got == list(range(published)), got[:10]  # every one, in order, none lost
+    assert ready_at > 1  # some were published before the startup subscription existed
