@@ -147,6 +147,7 @@ class Hub:
                 bcs = self.backchannel_server
                 self.api = ApiService(cfg.api, store, bus, manager,
                                       backchannel_port=lambda: bcs.port)
+                self.api.state.set_network(self.netwatch.connected)
                 await nursery.start(self.api.run)  # logs and leaves out a port in use
                 self.sources = [BackchannelClient(src, bus) for src in cfg.backchannel]
                 self.sources += [OscClient(src, bus) for src in cfg.osc]

@@ -97,6 +97,12 @@ class HubState:
                 self._live[rec.stream_id] = url
         self.refresh()
 
+    def set_network(self, connected: bool | None) -> None:
+        """The network watcher's state at start: it publishes an event only on a change (or
+        when starting disconnected), so without this a connected hub would say ``null``."""
+        self._network = connected
+        self.refresh()
+
     def stream_added(self, rec: StreamRecord) -> None:
         self._names[rec.stream_id] = rec.name
         self.refresh()

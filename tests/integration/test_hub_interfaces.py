@@ -193,7 +193,11 @@ async def test_osc_fingerprint_follows_the_hubs_streams(rig: Any) -> None:
     base = f"http://127.0.0.1:{hub.api.port}"
     headers = {"Authorization": f"Acc {TOKEN}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
-        fp = (await http.post("/osc/state")).json()["fingerprint"]
+        doc = (await http.post("/osc/state")).json()
+        fp = doc["fingerprint"]
+        # the network watcher's state from the start, not only after a change
+        assert hub.netwatch is not None and isinstance(hub.netwatch.connected, bool)
+        assert doc["state"]["_network"]["connected"] is hub.netwatch.connected
         got: dict[str, Any] = {}
 
         async def hold() -> None:
