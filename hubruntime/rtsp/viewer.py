@@ -22,6 +22,7 @@ import trio
 from hubruntime.proto import rtsp
 from hubruntime.proto.digest import DigestAuth
 from hubruntime.rtsp.fanout import RAW, Fanout, ViewerQueue
+from hubruntime.streams.hub import Publication
 
 log = logging.getLogger("hubruntime.rtsp")
 
@@ -290,16 +291,25 @@ class _Conn:
     def _live(self, stream_id: str) -> Fanout | None:
         return self.server.lookup(stream_id) if stream_id else None
 
-    async def _describe(self, req: rtsp.Request) -> bool:
-        base, sid, _ = _split_url(req.uri)
+    async def _published(self, req: rtsp.Request, sid: str) -> tuple[Fanout, Publication] | None:
+        """The live stream ``sid`` and what its reader publishes now; else answer 404 (not live)
+        or 503 (live, but its reader is between two connections) and None."""
         fanout = self._live(sid)
         if fanout is None:
             await self.reply(req, 404)
-            return True
+            return None
         pub = fanout.hub.publication
         if pub is None:
             await self.reply(req, 503, [("Retry-After", "2")])
+            return None
+        return fanout, pub
+
+    async def _describe(self, req: rtsp.Request) -> bool:
+        base, sid, _ = _split_url(req.uri)
+        found = await self._published(req, sid)
+        if found is None:
             return True
+        pub = found[1]
         controls = [f"trackID={m.index}" for m in pub.sdp.media]
         body = pub.sdp.with_controls(controls, any_address=True).encode()
         await self.reply(req, 200, [("Content-Type", "application/sdp"),
@@ -308,14 +318,10 @@ class _Conn:
 
     async def _setup(self, req: rtsp.Request, sess: Session | None) -> bool:
         _, sid, rest = _split_url(req.uri)
-        fanout = self._live(sid)
-        if fanout is None:
-            await self.reply(req, 404)
+        found = await self._published(req, sid)
+        if found is None:
             return True
-        pub = fanout.hub.publication
-        if pub is None:
-            await self.reply(req, 503, [("Retry-After", "2")])
-            return True
+        fanout, pub = found
         media = None
         if rest.startswith("trackID="):
             try:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import trio
 from rtsp_client import MiniClient
+from waits import run, until
 
 import hubruntime.rtsp.live as live_mod
 from hubruntime.config import HubConfig, RtspConfig
@@ -132,24 +133,6 @@ async def start_rig(tmp_path: Path, nursery: trio.Nursery, capture: Any) -> Rig:
     await until(lambda: rig.fanout.gop is not None and bool(rig.fanout.gop.snapshot()), 10,
                 "a keyframe in the GOP cache")
     return rig
-
-
-async def until(cond: Callable[[], bool], timeout: float, what: str,
-                show: Callable[[], Any] = lambda: "") -> float:
-    """Poll ``cond`` until true; fail after ``timeout`` s. Returns the seconds it took."""
-    t0 = trio.current_time()
-    with trio.move_on_after(timeout) as scope:
-        while not cond():
-            await trio.sleep(0.01)
-    if scope.cancelled_caught:
-        pytest.fail(f"not within {timeout} s: {what} {show()}")
-    return trio.current_time() - t0
-
-
-async def run(cmd: list[str], timeout: float) -> trio.CompletedProcess[bytes]:
-    with trio.fail_after(timeout):
-        return await trio.run_process(cmd, capture_stdout=True, capture_stderr=True,
-                                      check=False, stdin=subprocess.DEVNULL)
 
 
 class Arrivals:

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 import trio
 from rtsp_client import MiniClient
 from sshd import Sshd, free_port, skip_reason
+from waits import run, until
 
 from hubruntime.config import ApiConfig, CloudConfig, HubConfig, RtspConfig
 from hubruntime.events.bus import EventBus, Published
@@ -103,24 +103,6 @@ class Events:
 
     async def wait_for(self, name: str, timeout: float, sid: str = SID) -> dict[str, Any]:
         return await self.wait(name, timeout, lambda e: e.get("streamId") == sid)
-
-
-async def until(cond: Callable[[], bool], timeout: float, what: str,
-                show: Callable[[], Any] = lambda: "") -> float:
-    """Poll ``cond`` until true; fail after ``timeout`` s. Returns the seconds it took."""
-    t0 = trio.current_time()
-    with trio.move_on_after(timeout) as scope:
-        while not cond():
-            await trio.sleep(0.01)
-    if scope.cancelled_caught:
-        pytest.fail(f"not within {timeout} s: {what} {show()}")
-    return trio.current_time() - t0
-
-
-async def run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(timeout):
-        return await trio.run_process(cmd, capture_stdout=True, capture_stderr=True,
-                                      check=False, stdin=subprocess.DEVNULL)
 
 
 async def start_service(nursery: trio.Nursery, cfg: CloudConfig, bus: EventBus,
