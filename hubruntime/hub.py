@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,7 +33,9 @@ from hubruntime.sources.osc import OscClient
 from hubruntime.store import Store
 from hubruntime.streams.manager import StreamManager
 from hubruntime.streams.supervisor import IngestService
-from hubruntime.tunnels import TunnelService
+
+if TYPE_CHECKING:
+    from hubruntime.tunnels import TunnelService
 
 log = logging.getLogger("hubruntime.hub")
 
@@ -116,12 +118,20 @@ class Hub:
                         **live.handlers()}
             if not cfg.advertise_host:  # an advertised host is fixed: nothing to follow
                 self.on_address_change.append(live.address_changed)
-            self.tunnels = tunnels = TunnelService(
-                cfg.cloud, bus, local_port=lambda: live.server.port,
-                local_host=_loopback_for(cfg.rtsp.bind))
-            live.server.tcp_only = tunnels.is_bridge
-            self.on_address_change.append(
-                lambda addr: tunnels.restart(f"the hub's address is now {addr}"))
+            tunnels = None
+            if cfg.cloud.host:
+                # imported only with a relay configured: paramiko and its cryptography cost a
+                # hub ~18 MB of RSS that a hub without remote viewing should not pay
+                from hubruntime.tunnels import TunnelService
+
+                self.tunnels = tunnels = TunnelService(
+                    cfg.cloud, bus, local_port=lambda: live.server.port,
+                    local_host=_loopback_for(cfg.rtsp.bind))
+                live.server.tcp_only = tunnels.is_bridge
+                self.on_address_change.append(
+                    lambda addr: tunnels.restart(f"the hub's address is now {addr}"))
+            else:
+                log.info("no [cloud] host configured: no tunnel for remote viewing")
             self.netwatch = NetworkWatcher(bus, poll_secs=cfg.network.poll_secs,
                                            on_address_change=self.on_address_change)
             self.plugins = PluginHost(cfg.lua, bus, handlers)
@@ -140,7 +150,8 @@ class Hub:
                 await nursery.start(ingest.run)
                 await nursery.start(manager.watch_store)  # streams added by the CLI meanwhile
                 await nursery.start(live.run)
-                await nursery.start(tunnels.run)  # before plugins: it follows live streams' events
+                if tunnels is not None:  # before plugins: it follows live streams' events
+                    await nursery.start(tunnels.run)
                 await nursery.start(self.plugins.run, plugins)
                 self.backchannel_server = BackchannelServer(bus, cfg.backchannel_server.listen)
                 await _start_optional(nursery, "backchannel server", self.backchannel_server.run)
