@@ -283,10 +283,15 @@ def encode_request(method: str, uri: str, cseq: int, headers: Iterable[tuple[str
     return _head(f"{method} {uri} RTSP/1.0", [("CSeq", str(cseq)), *headers], body)
 
 
-def encode_frame(channel: int, payload: bytes) -> bytes:
-    if len(payload) > 0xFFFF:
+def frame_header(channel: int, length: int) -> bytes:
+    """The 4 bytes before an interleaved payload (RFC 2326 §10.12): ``$``, channel, length."""
+    if length > 0xFFFF:
         raise ValueError("interleaved payload over 65535 bytes")
-    return bytes((0x24, channel, len(payload) >> 8, len(payload) & 0xFF)) + payload
+    return bytes((0x24, channel, length >> 8, length & 0xFF))
+
+
+def encode_frame(channel: int, payload: bytes) -> bytes:
+    return frame_header(channel, len(payload)) + payload
 
 
 @dataclass(frozen=True)

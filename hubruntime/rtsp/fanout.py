@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import trio
 
+from hubruntime.proto.rtsp import frame_header
 from hubruntime.streams.gop import GopCache
 from hubruntime.streams.hub import StreamHub
 
@@ -43,18 +44,18 @@ class ViewerQueue:
         self.skipped = 0
         self.sent = 0
         self.closed = False
-        # Direct path: ``direct(queue)`` writes queued packets to the viewer's socket without
-        # blocking, from the publisher's task, and returns True when nothing is left. One
-        # non-blocking write per viewer per publisher read replaces a task wake-up per packet
-        # per viewer (the writer task only runs when the socket pushes back).
-        self.direct: Callable[[ViewerQueue], bool] | None = None
+        # Direct path: ``write_wire(bytes)`` writes to the viewer's socket without blocking,
+        # from the publisher's task, and returns how much went out (-1: could not try now, e.g.
+        # an RTSP reply is being written). One write per viewer per publisher read replaces a
+        # task wake-up per packet per viewer; the writer task only runs when the socket pushes
+        # back. ``frame(packets)`` turns queued packets into those bytes (sending the viewer's
+        # UDP datagrams on the way). Caught-up TCP-only viewers (``wire_layout``) get a read the
+        # fan-out framed once for every viewer with the same channel layout.
+        self.write_wire: Callable[[bytes], int] | None = None
+        self.frame: Callable[[list[Packet]], bytes] | None = None
+        self.wire_layout: tuple[tuple[int, int, int], ...] | None = None
         self.writer_idle = False
         self.direct_writes = 0
-        # Shared path (TCP-only viewers): the fan-out frames a read once per channel layout and
-        # ``write_wire(bytes)`` writes it without blocking, returning how much went out (-1: could
-        # not try now, e.g. an RTSP reply is being written).
-        self.wire_layout: tuple[tuple[int, int, int], ...] | None = None
-        self.write_wire: Callable[[bytes], int] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -91,21 +92,20 @@ class ViewerQueue:
                 return
         self._items.append((media, is_rtcp, data))
         self._bytes += len(data)
-        if self.direct is None:
+        if self.write_wire is None:
             self._wakeup.set()
 
     def flush(self) -> None:
         """End of one publisher read: write what is queued now, or wake the writer task."""
         if not self._items:
             return
-        if self.writer_idle and self.direct is not None:
-            self.direct_writes += 1
-            if self.direct(self):
-                return
+        if self.writer_idle and self.write_wire is not None and self.frame is not None:
+            self.send_wire(self.frame(self.drain()), 0)
+            return
         self._wakeup.set()
 
     def send_wire(self, wire: bytes, packets: int) -> None:
-        """Write a shared, ready-framed read; what does not go out waits for the writer task."""
+        """Write ready-framed bytes now; what does not go out waits for the writer task."""
         assert self.write_wire is not None
         self.sent += packets
         if not wire:
@@ -263,9 +263,8 @@ def frame_packets(packets: list[tuple[int, bool, bytes, bool]],
     parts: list[bytes] = []
     for media, is_rtcp, data, _kf in packets:
         ch = channels.get(media)
-        n = len(data)
-        if ch is None or n > 0xFFFF:
+        if ch is None or len(data) > 0xFFFF:
             continue
-        parts.append(bytes((0x24, ch[1] if is_rtcp else ch[0], n >> 8, n & 0xFF)))
+        parts.append(frame_header(ch[1] if is_rtcp else ch[0], len(data)))
         parts.append(data)
     return b"".join(parts), len(parts) // 2

@@ -21,7 +21,7 @@ import trio
 
 from hubruntime.proto import rtsp
 from hubruntime.proto.digest import DigestAuth
-from hubruntime.rtsp.fanout import RAW, Fanout, ViewerQueue
+from hubruntime.rtsp.fanout import RAW, Fanout, Packet, ViewerQueue
 from hubruntime.streams.hub import Publication
 
 log = logging.getLogger("hubruntime.rtsp")
@@ -429,11 +429,11 @@ class _Conn:
             return True
         if not sess.playing:
             queue = ViewerQueue(set(sess.tracks), max_packets=self.server.queue_packets)
-            queue.direct = self._direct_writer(sess)
+            queue.write_wire = self._wire_writer()
+            queue.frame = self._framer(sess)
             if all(t.tcp and t.channels for t in sess.tracks.values()):
                 queue.wire_layout = tuple(sorted(
                     (m, *t.channels) for m, t in sess.tracks.items() if t.channels))
-                queue.write_wire = self._wire_writer()
             fanout.attach(queue)
             sess.queue = queue
             sess.playing = True
@@ -490,32 +490,24 @@ class _Conn:
 
         return write
 
-    def _direct_writer(self, sess: Session) -> Callable[[ViewerQueue], bool]:
-        """A non-blocking writer of ``sess``'s queue, run from the publisher's task.
-
-        One ``writev`` per viewer per publisher read, framing headers built here (no copy of
-        the payloads); what the socket does not take goes back to the queue as wire bytes for
-        the writer task. Never writes while the connection's lock is held (an RTSP reply or the
-        writer task mid-send), so bytes on the wire stay in order.
-        """
+    def _framer(self, sess: Session) -> Callable[[list[Packet]], bytes]:
+        """Turns ``sess``'s queued packets into the bytes of its TCP connection (interleaved
+        frames, and the unsent tail of an earlier write as is) for a direct write from the
+        publisher's task; its UDP tracks' packets are sent on the way, without blocking (a full
+        socket buffer loses the datagram, as the network would)."""
         tcp = {m: t.channels for m, t in sess.tracks.items() if t.tcp and t.channels}
         udp = {m: t for m, t in sess.tracks.items() if not t.tcp}
-        fd = self.stream.socket.fileno()
-        lock = self.lock
 
-        def write(queue: ViewerQueue) -> bool:
-            if lock.locked():
-                return False
+        def frame(items: list[Packet]) -> bytes:
             parts: list[bytes] = []
-            for media, is_rtcp, data in queue.drain():
+            for media, is_rtcp, data in items:
                 if media == RAW:
                     parts.append(data)
                     continue
                 ch = tcp.get(media)
                 if ch is not None:
-                    n = len(data)
-                    if n <= 0xFFFF:
-                        parts.append(bytes((0x24, ch[1] if is_rtcp else ch[0], n >> 8, n & 0xFF)))
+                    if len(data) <= 0xFFFF:
+                        parts.append(rtsp.frame_header(ch[1] if is_rtcp else ch[0], len(data)))
                         parts.append(data)
                     continue
                 t = udp.get(media)
@@ -527,25 +519,10 @@ class _Conn:
                     try:
                         sock.sendto(data, (host, rtcp_port if is_rtcp else rtp_port))
                     except OSError:
-                        pass  # UDP: a full socket buffer loses the datagram, as the network would
-            if not parts:
-                return True
-            if len(parts) > 512:  # stay well under IOV_MAX
-                parts = [b"".join(parts)]
-            try:
-                sent = os.writev(fd, parts)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                queue.unsend(b"".join(parts))  # the writer task meets the error and ends
-                return False
-            total = sum(len(p) for p in parts)
-            if sent >= total:
-                return True
-            queue.unsend(b"".join(parts)[sent:])
-            return False
+                        pass
+            return b"".join(parts)
 
-        return write
+        return frame
 
     async def _writer(self, sess: Session, queue: ViewerQueue, scope: trio.CancelScope) -> None:
         tcp = {m: t.channels for m, t in sess.tracks.items() if t.tcp and t.channels}
