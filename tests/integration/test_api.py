@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from plugin_dirs import subscriber_plugin
 
 from hubruntime.api.service import ApiService
 from hubruntime.config import ApiConfig, ApiToken, LuaConfig
@@ -413,15 +414,7 @@ require("logging").info(string.format("got %s %s %s %s %s", params.event,
 
 
 def make_plugin(root: Path) -> Path:
-    folder = root / "test.apievents"
-    (folder / "scripts").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({
-        "id": "test.apievents", "version": "1.0", "permissions": ["cameras", "logging"],
-        "startup": "scripts/startup"}))
-    (folder / "scripts" / "startup.lua").write_text(
-        'require("cameras").subscribe("scripts/handler")')
-    (folder / "scripts" / "handler.lua").write_text(PLUGIN_SCRIPT)
-    return folder
+    return subscriber_plugin(root, "test.apievents", PLUGIN_SCRIPT, ["cameras", "logging"])
 
 
 async def test_created_events_reach_a_lua_plugin_and_the_listing(hub, tmp_path):

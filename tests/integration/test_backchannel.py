@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import trio
+from plugin_dirs import subscriber_plugin
 
 from hubruntime.api.backchannel_server import BackchannelServer, parse_listen
 from hubruntime.config import BackchannelSource, LuaConfig
@@ -165,14 +166,8 @@ class Harness:
 @pytest.fixture
 async def harness(tmp_path: Path, nursery: trio.Nursery):
     h = Harness(tmp_path)
-    folder = tmp_path / "plugins" / "test.backchannel"
-    (folder / "scripts").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({
-        "id": "test.backchannel", "version": "1.0", "startup": "scripts/startup",
-        "permissions": ["cameras", "logging", "json"]}))
-    (folder / "scripts" / "startup.lua").write_text(
-        'require("cameras").subscribe("scripts/handler")')
-    (folder / "scripts" / "handler.lua").write_text(HANDLER)
+    folder = subscriber_plugin(tmp_path / "plugins", "test.backchannel", HANDLER,
+                               ["cameras", "logging", "json"])
     await nursery.start(h.host.run, [load_plugin(folder)])
     assert h.host.runners["test.backchannel"].subscribers == 1
     yield h

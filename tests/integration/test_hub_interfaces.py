@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from plugin_dirs import subscriber_plugin
 
 from hubruntime.config import (
     ApiConfig,
@@ -58,14 +59,7 @@ require("logging").info("EV " .. json.encode(params))
 
 
 def make_plugin(root: Path) -> Path:
-    folder = root / "test.recorder"
-    (folder / "scripts").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({
-        "id": "test.recorder", "version": "1.0", "startup": "scripts/startup",
-        "permissions": ["cameras", "logging", "json"]}))
-    (folder / "scripts" / "startup.lua").write_text(
-        'require("cameras").subscribe("scripts/handler")\n')
-    (folder / "scripts" / "handler.lua").write_text(HANDLER)
+    subscriber_plugin(root, "test.recorder", HANDLER, ["cameras", "logging", "json"])
     return root
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 import trio
+from plugin_dirs import make_plugin
 
 from hubruntime.netwatch import read_ioctl_snapshot, read_netlink_snapshot
 from hubruntime.proto.netstate import lan_address
@@ -249,13 +250,7 @@ async def test_link_down_up_carrier_and_address_replace_in_a_namespace(netns: Ne
 
 # a whole hub ------------------------------------------------------------------------------
 def plugin(root: Path, pid: str, scripts: dict[str, str]) -> None:
-    folder = root / pid
-    (folder / "scripts").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({
-        "id": pid, "version": "1.0", "startup": "scripts/startup",
-        "permissions": ["cameras", "logging", "json", "timer"]}))
-    for name, src in scripts.items():
-        (folder / "scripts" / f"{name}.lua").write_text(src)
+    make_plugin(root, pid, scripts, ["cameras", "logging", "json", "timer"])
 
 
 def log_events(tag: str) -> str:

@@ -8,7 +8,6 @@ deadline (``trio.fail_after``); the only fixed-length wait is the measuring wind
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import re
 import socket
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from plugin_dirs import subscriber_plugin
 
 from hubruntime.config import LuaConfig, OscSource
 from hubruntime.events.bus import EventBus, Published
@@ -72,15 +72,7 @@ require("logging").info("osc|" .. params.streamId .. "|" .. params.source .. "|"
 
 
 def make_plugin(root: Path) -> Path:
-    folder = root / PID
-    (folder / "scripts").mkdir(parents=True)
-    manifest = {"id": PID, "version": "1.0", "permissions": ["cameras", "logging"],
-                "startup": "scripts/startup"}
-    (folder / "config.json").write_text(json.dumps(manifest))
-    (folder / "scripts" / "startup.lua").write_text(
-        'require("cameras").subscribe("scripts/handler")')
-    (folder / "scripts" / "handler.lua").write_text(HANDLER)
-    return folder
+    return subscriber_plugin(root, PID, HANDLER, ["cameras", "logging"])
 
 
 class Harness:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+from plugin_dirs import SUBSCRIBE, make_plugin
 
 from hubruntime.config import LuaConfig
 from hubruntime.events.bus import EventBus
@@ -20,24 +21,6 @@ from hubruntime.lua.modules.storage import StorageModule
 from hubruntime.lua.plugins import PluginHost
 from hubruntime.store import Store
 
-
-def make_plugin(root: Path, pid: str, scripts: dict[str, str], perms: list[str] | None = None,
-                startup: str | None = "scripts/startup", teardown: str | None = None) -> Path:
-    folder = root / pid
-    (folder / "scripts").mkdir(parents=True)
-    manifest: dict[str, Any] = {"id": pid, "version": "1.0",
-                                "permissions": perms or ["cameras", "logging", "storage", "timer"]}
-    if startup:
-        manifest["startup"] = startup
-    if teardown:
-        manifest["teardown"] = teardown
-    (folder / "config.json").write_text(json.dumps(manifest))
-    for name, src in scripts.items():
-        (folder / "scripts" / f"{name}.lua").write_text(src)
-    return folder
-
-
-SUBSCRIBE = 'require("cameras").subscribe("scripts/handler")'
 RECORD = """
 local params = ...
 require("logging").info(params.event .. ":" .. tostring(params.streamId))

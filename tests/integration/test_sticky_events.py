@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from plugin_dirs import make_plugin as write_plugin
 
 from hubruntime.config import LuaConfig
 from hubruntime.events.bus import EventBus
@@ -28,14 +29,7 @@ CONN = "hub_connected_to_local_network"
 
 
 def make_plugin(root: Path, pid: str, scripts: dict[str, str]) -> Path:
-    folder = root / pid
-    (folder / "scripts").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({
-        "id": pid, "version": "1.0", "startup": "scripts/startup",
-        "permissions": ["cameras", "logging", "storage", "timer"]}))
-    for name, src in scripts.items():
-        (folder / "scripts" / f"{name}.lua").write_text(src)
-    return folder
+    return write_plugin(root, pid, scripts, ["cameras", "logging", "storage", "timer"])
 
 
 def recorder(tag: str) -> str:
