@@ -23,7 +23,6 @@ from hubruntime.lua.manifest import ManifestError, Plugin, discover, load_plugin
 from hubruntime.lua.modules.cameras import CamerasModule
 from hubruntime.lua.modules.storage import StorageModule
 from hubruntime.lua.plugins import PluginHost
-from hubruntime.netaddr import lan_address
 from hubruntime.netwatch import NetworkWatcher
 from hubruntime.proto.digest import DigestAuth
 from hubruntime.rtsp.live import LiveStreams
@@ -109,8 +108,9 @@ class Hub:
             registry = PublishRegistry()
             self.rtsp = RtspServer(registry)
             self.ingest = ingest = IngestService(manager, bus, self.rtsp, registry, cfg.health)
+            # the advertised host, else the network watcher's LAN address once it has read it
             self.live = live = LiveStreams(manager, bus, ingest.hubs.get,
-                                           host=lan_address(cfg.advertise_host),
+                                           host=cfg.advertise_host or "127.0.0.1",
                                            port=cfg.rtsp.port, bind=cfg.rtsp.bind)
             if cfg.rtsp.user and cfg.rtsp.password:
                 live.server.auth = DigestAuth("hubruntime", {cfg.rtsp.user: cfg.rtsp.password})
@@ -145,7 +145,8 @@ class Hub:
                 # startup script subscribes
                 await nursery.start(self.netwatch.run)
                 if not cfg.advertise_host and self.netwatch.address not in (None, live.host):
-                    live.address_changed(self.netwatch.address)  # its rule beats netaddr's guess
+                    # disconnected at start: 127.0.0.1 until an address comes (AddressChanged)
+                    live.address_changed(self.netwatch.address)
                 await nursery.start(self.rtsp.serve_publish, cfg.rtsp.internal_port)
                 await nursery.start(ingest.run)
                 await nursery.start(manager.watch_store)  # streams added by the CLI meanwhile

@@ -32,12 +32,12 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from hubruntime.events.bus import EventBus
-from hubruntime.netaddr import default_route_interface
 from hubruntime.proto import rtnetlink as nl
 from hubruntime.proto.netstate import (
     SCOPE_HOST,
@@ -54,6 +54,20 @@ from hubruntime.proto.netstate import (
 )
 
 log = logging.getLogger("hubruntime.netwatch")
+
+
+def default_route_interface(route_table: str | None = None) -> str | None:
+    """The interface of the IPv4 default route, from /proc/net/route (the ioctl fallback's
+    only way to it; rtnetlink dumps carry the routes themselves)."""
+    try:
+        text = route_table if route_table is not None else Path("/proc/net/route").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 4 and parts[1] == "00000000" and int(parts[3], 16) & 0x2:
+            return parts[0]
+    return None
 
 DEBOUNCE_SECS = 0.1
 STICKY_KEY = "network"

@@ -20,7 +20,7 @@ to the local network, which is what the events mean.
 
 LAN address rule (the host in ``rtsp://<hub-ip>:5554/<id>``): on the default route's interface,
 if that interface is usable, the route's preferred source, else its address in the gateway's
-subnet, else its first primary address (what ``netaddr`` and SIOCGIFADDR give); with no usable
+subnet, else its first primary address (what SIOCGIFADDR gives); with no usable
 default route, the first primary LAN address of the first usable interface (by index). It is a
 pure function of the snapshot, so identical snapshots never produce a change.
 
