@@ -20,6 +20,7 @@ from dataclasses import dataclass
 __all__ = [
     "RTP_VERSION",
     "RtpHeader",
+    "RtpPacket",
     "SenderReport",
     "SeqUnwrapper",
     "TimestampUnwrapper",
@@ -75,6 +76,82 @@ class SenderReport:
     rtp_timestamp: int
     packet_count: int
     octet_count: int
+
+
+class RtpPacket:
+    """One packet of a publication, parsed once where it enters the hub (DESIGN §9).
+
+    Every consumer (health monitor, GOP cache, statistics, viewers, snapshotter, recorder)
+    reads these fields; nothing downstream parses an RTP header again. A plain ``__slots__``
+    class rather than a dataclass: one is made per packet on the hot path, and a hand-written
+    ``__init__`` is the cheapest object CPython builds.
+
+    For RTCP (``rtcp`` true) ``payload_type`` is the first RTCP packet type and ``seq``,
+    ``timestamp``, ``marker`` are zero/false; ``payload_start``/``payload_end`` bound the RTP
+    payload (the bytes after the header, before the padding).
+    """
+
+    __slots__ = ("track", "rtcp", "seq", "timestamp", "marker", "payload_type", "ssrc",
+                 "arrival", "data", "payload_start", "payload_end")
+
+    def __init__(self, track: int, rtcp: bool, seq: int, timestamp: int, marker: bool,
+                 payload_type: int, ssrc: int, arrival: float, data: bytes,
+                 payload_start: int, payload_end: int) -> None:
+        self.track = track
+        self.rtcp = rtcp
+        self.seq = seq
+        self.timestamp = timestamp
+        self.marker = marker
+        self.payload_type = payload_type
+        self.ssrc = ssrc
+        self.arrival = arrival
+        self.data = data
+        self.payload_start = payload_start
+        self.payload_end = payload_end
+
+    @property
+    def payload(self) -> bytes:
+        """The RTP payload (a copy; the keyframe detector needs only its first bytes)."""
+        return self.data[self.payload_start:self.payload_end]
+
+    def __repr__(self) -> str:
+        kind = "RTCP" if self.rtcp else "RTP"
+        return (f"RtpPacket({kind} track={self.track} seq={self.seq} ts={self.timestamp} "
+                f"pt={self.payload_type} m={int(self.marker)} {len(self.data)} B "
+                f"at {self.arrival:.6f})")
+
+    @classmethod
+    def parse(cls, track: int, data: bytes, arrival: float,
+              rtcp: bool | None = None) -> RtpPacket | None:
+        """Parse ``data`` of ``track``; ``None`` if it is neither valid RTP nor RTCP.
+
+        ``rtcp`` says which the channel carries (RTSP interleaving gives each its own); with
+        ``None`` it is told from the second octet (RFC 5761). RTCP is checked only for its
+        version and length here: :func:`parse_rtcp_sr` reads what a consumer needs of it.
+        """
+        if rtcp is None:
+            rtcp = is_rtcp(data)
+        if rtcp:
+            if len(data) < 8 or data[0] >> 6 != RTP_VERSION:
+                return None
+            ssrc = int.from_bytes(data[4:8], "big")
+            return cls(track, True, 0, 0, False, data[1], ssrc, arrival, data, 0, 0)
+        if len(data) < 12:
+            return None
+        b0 = data[0]
+        if b0 >> 6 != RTP_VERSION:
+            return None
+        if b0 & 0x3F == 0:
+            # the common case (no CSRC, extension or padding) without the general parser
+            b1 = data[1]
+            return cls(track, False, (data[2] << 8) | data[3],
+                       int.from_bytes(data[4:8], "big"), bool(b1 & 0x80), b1 & 0x7F,
+                       int.from_bytes(data[8:12], "big"), arrival, data, 12, len(data))
+        h = parse_rtp_header(data)
+        if h is None:
+            return None
+        return cls(track, False, h.seq, h.timestamp, h.marker, h.payload_type, h.ssrc,
+                   arrival, data, h.header_length, h.length - h.padding)
 
 
 def parse_rtp_header(data: bytes) -> RtpHeader | None:
