@@ -26,11 +26,12 @@ from hubruntime.lua.plugins import PluginHost
 from hubruntime.netwatch import NetworkWatcher
 from hubruntime.proto.digest import DigestAuth
 from hubruntime.rtsp.live import LiveStreams
-from hubruntime.rtsp.server import PublishRegistry, RtspServer
+from hubruntime.rtsp.server import RtspServer
 from hubruntime.sources.backchannel import BackchannelClient
 from hubruntime.sources.osc import OscClient
 from hubruntime.store import Store
 from hubruntime.streams.manager import StreamManager
+from hubruntime.streams.publish import PublishRegistry
 from hubruntime.streams.supervisor import IngestService
 
 if TYPE_CHECKING:
@@ -107,9 +108,10 @@ class Hub:
             self.manager = manager = StreamManager(store)
             registry = PublishRegistry()
             self.rtsp = RtspServer(registry)
-            self.ingest = ingest = IngestService(manager, bus, self.rtsp, registry, cfg.health)
+            self.ingest = ingest = IngestService(manager, bus, self.rtsp.publish_url, registry,
+                                                 cfg.health)
             # the advertised host, else the network watcher's LAN address once it has read it
-            self.live = live = LiveStreams(manager, bus, ingest.hubs.get,
+            self.live = live = LiveStreams(manager, bus, ingest.hub,
                                            host=cfg.advertise_host or "127.0.0.1",
                                            port=cfg.rtsp.port, bind=cfg.rtsp.bind)
             if cfg.rtsp.user and cfg.rtsp.password:

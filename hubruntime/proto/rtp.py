@@ -88,11 +88,13 @@ class RtpPacket:
 
     For RTCP (``rtcp`` true) ``payload_type`` is the first RTCP packet type and ``seq``,
     ``timestamp``, ``marker`` are zero/false; ``payload_start``/``payload_end`` bound the RTP
-    payload (the bytes after the header, before the padding).
+    payload (the bytes after the header, before the padding). ``keyframe`` is set by the
+    stream's GOP cache: this packet starts a keyframe's access unit (a place a decoder, a
+    viewer that skipped ahead, or a recording can start from).
     """
 
     __slots__ = ("track", "rtcp", "seq", "timestamp", "marker", "payload_type", "ssrc",
-                 "arrival", "data", "payload_start", "payload_end")
+                 "arrival", "data", "payload_start", "payload_end", "keyframe")
 
     def __init__(self, track: int, rtcp: bool, seq: int, timestamp: int, marker: bool,
                  payload_type: int, ssrc: int, arrival: float, data: bytes,
@@ -108,6 +110,7 @@ class RtpPacket:
         self.data = data
         self.payload_start = payload_start
         self.payload_end = payload_end
+        self.keyframe = False
 
     @property
     def payload(self) -> bytes:

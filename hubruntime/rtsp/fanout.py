@@ -1,30 +1,65 @@
 """Fan-out of one stream's packets to its viewers, from the single upstream.
 
-The publisher's connection task calls ``Fanout.on_packet`` for every packet; it must never wait,
-so each viewer has a bounded ``ViewerQueue`` and its own writer task. A viewer that falls behind
-loses its queue and waits for the next keyframe (a picture that starts cleanly beats a smeared
-one); a viewer that makes no progress for too long is dropped. Nothing a viewer does slows the
-others or the health monitor, which sits on the same packets.
+``Fanout`` is the live stream's one :class:`~hubruntime.streams.hub.PacketSink`, registered with
+the stream's ``StreamHub`` while it has viewers; under it, each viewer has a bounded
+``ViewerQueue`` (a tree of handlers, as go2rtc's consumers: one sink per live stream, so a
+read is framed once and shared by every caught-up TCP viewer instead of once per viewer). The
+publisher's task calls it and it never waits: a viewer that falls behind loses its queue and
+waits for the next keyframe (a picture that starts cleanly beats a smeared one); a viewer that
+makes no progress for too long is dropped by its writer. Nothing a viewer does slows the others
+or the health monitor, which sits on the same packets.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import trio
 
+from hubruntime.proto.rtp import RtpPacket
 from hubruntime.proto.rtsp import frame_header
-from hubruntime.streams.gop import GopCache
-from hubruntime.streams.hub import StreamHub
+from hubruntime.streams.hub import Publication, StreamHub
 
-log = logging.getLogger("hubruntime.rtsp")
+Item = RtpPacket | bytes
+"""A queued item: a packet, or (``bytes``) the unsent tail of a direct write, which the writer
+must send first and as is."""
 
-Packet = tuple[int, bool, bytes]  # media, is_rtcp, bytes
-RAW = -1
-"""``media`` of a queue item that is already-encoded wire bytes: the unsent tail of a direct
-write, which the writer task must send first and as is."""
+Layout = tuple[tuple[int, int, int], ...]
+"""A TCP viewer's channels: ``(track, rtp channel, rtcp channel)`` per track, sorted."""
+
+
+def frame(items: Iterable[Item], channels: dict[int, tuple[int, int]],
+          udp: Callable[[RtpPacket], None] | None = None) -> tuple[bytes, int]:
+    """The one framer of every viewer writer: ``items`` as the bytes of an RTSP connection
+    (interleaved frames on ``channels``, a raw tail as is), and how many packets that is.
+    A packet of a track not in ``channels`` goes to ``udp`` (the viewer's UDP sender), if any.
+    """
+    parts: list[bytes] = []
+    n = 0
+    for item in items:
+        if type(item) is bytes:
+            parts.append(item)
+            continue
+        assert isinstance(item, RtpPacket)
+        ch = channels.get(item.track)
+        if ch is None:
+            if udp is not None:
+                udp(item)
+                n += 1
+            continue
+        data = item.data
+        if len(data) > 0xFFFF:
+            continue
+        parts.append(frame_header(ch[1] if item.rtcp else ch[0], len(data)))
+        parts.append(data)
+        n += 1
+    return b"".join(parts), n
+
+
+def frame_packets(packets: Iterable[RtpPacket], layout: Layout) -> tuple[bytes, int]:
+    """``packets`` framed for a TCP viewer whose tracks use ``layout``."""
+    return frame(packets, {m: (rtp_ch, rtcp_ch) for m, rtp_ch, rtcp_ch in layout})
 
 
 class ViewerQueue:
@@ -36,7 +71,7 @@ class ViewerQueue:
         self.max_packets = max_packets
         self.max_bytes = max_bytes
         self.video_media = video_media
-        self._items: deque[Packet] = deque()
+        self._items: deque[Item] = deque()
         self._bytes = 0
         self._wakeup = trio.Event()
         self.waiting_keyframe = False
@@ -48,50 +83,59 @@ class ViewerQueue:
         # from the publisher's task, and returns how much went out (-1: could not try now, e.g.
         # an RTSP reply is being written). One write per viewer per publisher read replaces a
         # task wake-up per packet per viewer; the writer task only runs when the socket pushes
-        # back. ``frame(packets)`` turns queued packets into those bytes (sending the viewer's
+        # back. ``framer(items)`` turns queued items into those bytes (sending the viewer's
         # UDP datagrams on the way). Caught-up TCP-only viewers (``wire_layout``) get a read the
         # fan-out framed once for every viewer with the same channel layout.
         self.write_wire: Callable[[bytes], int] | None = None
-        self.frame: Callable[[list[Packet]], bytes] | None = None
-        self.wire_layout: tuple[tuple[int, int, int], ...] | None = None
+        self.framer: Callable[[Iterable[Item]], tuple[bytes, int]] | None = None
+        self.wire_layout: Layout | None = None
         self.writer_idle = False
         self.direct_writes = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def prime(self, packets: list[tuple[int, bytes]]) -> None:
+    def first_packets(self) -> dict[int, RtpPacket]:
+        """The first queued RTP packet of each track (a PLAY reply's RTP-Info)."""
+        firsts: dict[int, RtpPacket] = {}
+        for item in self._items:
+            if isinstance(item, RtpPacket) and not item.rtcp and item.track not in firsts:
+                firsts[item.track] = item
+        return firsts
+
+    def prime(self, packets: list[RtpPacket]) -> None:
         """Start with the cached GOP, so the first picture shows at once."""
-        for media, data in packets:
-            if media in self.media:
-                self._items.append((media, False, data))
-                self._bytes += len(data)
+        for pkt in packets:
+            if pkt.track in self.media:
+                self._items.append(pkt)
+                self._bytes += len(pkt.data)
         self._wakeup.set()
 
-    def push(self, media: int, is_rtcp: bool, data: bytes, keyframe: bool) -> None:
-        if self.closed or media not in self.media:
+    def push(self, pkt: RtpPacket) -> None:
+        if self.closed or pkt.track not in self.media:
             return
         if self.waiting_keyframe:
-            if not keyframe:
+            if not pkt.keyframe:
                 self.skipped += 1
                 return
             self.waiting_keyframe = False
-        if len(self._items) >= self.max_packets or self._bytes + len(data) > self.max_bytes:
+        size = len(pkt.data)
+        if len(self._items) >= self.max_packets or self._bytes + size > self.max_bytes:
             # behind by a whole queue: drop it and restart at the next keyframe
             self.overflows += 1
-            head = self._items[0] if self._items and self._items[0][0] == RAW else None
+            head = self._items[0] if self._items and type(self._items[0]) is bytes else None
             self.skipped += len(self._items) - (head is not None)
             self._items.clear()
             self._bytes = 0
             if head is not None:  # a half-written frame's tail must still go, or framing breaks
                 self._items.append(head)
-                self._bytes = len(head[2])
-            if self.video_media is not None and not keyframe:
+                self._bytes = len(head)
+            if self.video_media is not None and not pkt.keyframe:
                 self.waiting_keyframe = True
                 self.skipped += 1
                 return
-        self._items.append((media, is_rtcp, data))
-        self._bytes += len(data)
+        self._items.append(pkt)
+        self._bytes += size
         if self.write_wire is None:
             self._wakeup.set()
 
@@ -99,8 +143,11 @@ class ViewerQueue:
         """End of one publisher read: write what is queued now, or wake the writer task."""
         if not self._items:
             return
-        if self.writer_idle and self.write_wire is not None and self.frame is not None:
-            self.send_wire(self.frame(self.drain()), 0)
+        if self.writer_idle and self.write_wire is not None and self.framer is not None:
+            items = list(self._items)
+            self._items.clear()
+            self._bytes = 0
+            self.send_wire(*self.framer(items))
             return
         self._wakeup.set()
 
@@ -117,20 +164,12 @@ class ViewerQueue:
         self.unsend(wire[max(n, 0):])
         self._wakeup.set()
 
-    def drain(self) -> list[Packet]:
-        """Everything queued, for a direct write (which puts back a tail with ``unsend``)."""
-        out = list(self._items)
-        self._items.clear()
-        self._bytes = 0
-        self.sent += len(out)
-        return out
-
     def unsend(self, wire: bytes) -> None:
         """The unsent tail of a direct write goes first, to be written by the writer task."""
-        self._items.appendleft((RAW, False, wire))
+        self._items.appendleft(wire)
         self._bytes += len(wire)
 
-    async def take(self, max_items: int = 256) -> list[Packet]:
+    async def take(self, max_items: int = 256) -> list[Item]:
         while not self._items:
             if self.closed:
                 return []
@@ -143,8 +182,8 @@ class ViewerQueue:
         items = self._items
         n = min(max_items, len(items))
         out = [items.popleft() for _ in range(n)]
-        self._bytes -= sum(len(p[2]) for p in out)
-        self.sent += n
+        self._bytes -= sum(len(p) if type(p) is bytes else len(p.data)  # type: ignore[union-attr]
+                           for p in out)
         return out
 
     def close(self) -> None:
@@ -153,81 +192,33 @@ class ViewerQueue:
 
 
 class Fanout:
-    """Keeps one stream's GOP cache and feeds every attached viewer queue."""
+    """One live stream's viewers, as a single sink of the stream's ``StreamHub``."""
 
     def __init__(self, hub: StreamHub) -> None:
         self.hub = hub
         self.queues: list[ViewerQueue] = []
-        self.gop: GopCache | None = None
-        self.video_media: int | None = None
         self.packets_in = 0
         self.shared_writes = 0
-        self._pending: list[tuple[int, bool, bytes, bool]] = []  # this publisher read's packets
-        self._publication = None
-        self.on_publication: list[Callable[[], None]] = []
-        hub.add_listener(self.on_packet)
-        hub.add_flusher(self.flush)
-        self._on_start = lambda pub: self._reset()
-        hub.on_publish_start(self._on_start)
-        if hub.publication is not None:
-            self._reset()
+        self._pending: list[RtpPacket] = []  # this publisher read's packets
 
-    def _reset(self) -> None:
-        """A (new) publication: pick the video track and its keyframe detector."""
-        from hubruntime.proto.h264 import keyframe_detector
-
+    @property
+    def video_media(self) -> int | None:
         pub = self.hub.publication
-        self.video_media = None
-        detector = None
-        if pub is not None:
-            for m in pub.sdp.media:
-                if m.kind == "video":
-                    detector = keyframe_detector(m.encoding)
-                    if detector is not None:
-                        self.video_media = m.index
-                        break
-        self.gop = GopCache(self.video_media, detector)
+        return pub.video_track if pub is not None else None
+
+    # PacketSink -----------------------------------------------------------------------------
+    def on_start(self, publication: Publication) -> None:
         for q in self.queues:
-            q.video_media = self.video_media
-        for fn in list(self.on_publication):
-            fn()
+            q.video_media = publication.video_track
 
-    def close(self) -> None:
-        self.hub.remove_listener(self.on_packet)
-        self.hub.remove_flusher(self.flush)
-        self.hub.remove_publish_start(self._on_start)
-        for q in self.queues:
-            q.close()
-        self.queues.clear()
-        self.hub.viewers = 0
-
-    def attach(self, queue: ViewerQueue) -> None:
-        self.flush()  # the cached GOP below already holds this read's packets: no duplicates
-        queue.video_media = self.video_media
-        snapshot = self.gop.snapshot() if self.gop is not None else []
-        if snapshot:
-            queue.prime(snapshot)
-        elif self.video_media is not None:
-            # no keyframe cached yet (the stream just started): wait for one rather than show
-            # the smear of P-frames without their reference
-            queue.waiting_keyframe = True
-        self.queues.append(queue)
-        self.hub.viewers = len(self.queues)
-
-    def detach(self, queue: ViewerQueue) -> None:
-        if queue in self.queues:
-            self.queues.remove(queue)
-        self.hub.viewers = len(self.queues)
-
-    def on_packet(self, now: float, media: int, is_rtcp: bool, data: bytes) -> None:
+    def on_packet(self, pkt: RtpPacket) -> None:
         self.packets_in += 1
-        keyframe = False
-        if self.gop is not None:
-            keyframe = self.gop.add(now, media, is_rtcp, data)
-        if self.queues:
-            self._pending.append((media, is_rtcp, data, keyframe))
+        self._pending.append(pkt)
 
-    def flush(self) -> None:
+    def on_stop(self, reason: str) -> None:
+        self._pending = []
+
+    def on_flush(self) -> None:
         """The publisher finished one read: hand its packets to every viewer.
 
         A viewer that is caught up (empty queue, writer idle) and plays over TCP gets the read as
@@ -239,7 +230,7 @@ class Fanout:
         if not pending:
             return
         self._pending = []
-        wires: dict[tuple[tuple[int, int, int], ...], tuple[bytes, int]] = {}
+        wires: dict[Layout, tuple[bytes, int]] = {}
         for q in self.queues:
             sig = q.wire_layout
             if (sig is not None and q.write_wire is not None and q.writer_idle and not q._items
@@ -250,21 +241,36 @@ class Fanout:
                 self.shared_writes += 1
                 q.send_wire(*wire)
                 continue
-            for media, is_rtcp, data, keyframe in pending:
-                q.push(media, is_rtcp, data, keyframe)
+            for pkt in pending:
+                q.push(pkt)
             q.flush()
 
+    # viewers ----------------------------------------------------------------------------
+    def attach(self, queue: ViewerQueue) -> None:
+        self.on_flush()  # the cached GOP below already holds this read's packets: no duplicates
+        queue.video_media = self.video_media
+        gop = self.hub.gop
+        snapshot = gop.snapshot() if gop is not None else []
+        if snapshot:
+            queue.prime(snapshot)
+        elif queue.video_media is not None:
+            # no keyframe cached yet (the stream just started): wait for one rather than show
+            # the smear of P-frames without their reference
+            queue.waiting_keyframe = True
+        self.queues.append(queue)
+        if len(self.queues) == 1:
+            self.hub.add_sink(self)
 
-def frame_packets(packets: list[tuple[int, bool, bytes, bool]],
-                  layout: tuple[tuple[int, int, int], ...]) -> tuple[bytes, int]:
-    """``packets`` as RTSP interleaved frames for a viewer whose tracks use ``layout``
-    (``(media, rtp channel, rtcp channel)`` each), and how many packets that is."""
-    channels = {m: (rtp_ch, rtcp_ch) for m, rtp_ch, rtcp_ch in layout}
-    parts: list[bytes] = []
-    for media, is_rtcp, data, _kf in packets:
-        ch = channels.get(media)
-        if ch is None or len(data) > 0xFFFF:
-            continue
-        parts.append(frame_header(ch[1] if is_rtcp else ch[0], len(data)))
-        parts.append(data)
-    return b"".join(parts), len(parts) // 2
+    def detach(self, queue: ViewerQueue) -> None:
+        if queue in self.queues:
+            self.queues.remove(queue)
+        if not self.queues:
+            self.hub.remove_sink(self)
+            self._pending = []
+
+    def close(self) -> None:
+        self.hub.remove_sink(self)
+        for q in self.queues:
+            q.close()
+        self.queues.clear()
+        self._pending = []

@@ -4,7 +4,8 @@
 ``cameras-api.md`` says outcomes that take time do: ``live_rtsp_stream_started`` with the URL
 once the stream's packets are there, or ``live_rtsp_stream_stopped`` with ``errorMessage``
 (unknown stream, camera unreachable, port in use). Live streams are not persisted: a hub restart
-starts with none.
+starts with none. A live stream follows its ``StreamHub``'s publication (it waits on the hub's
+start, never polls); its viewers hang off one ``Fanout`` sink.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ PUBLICATION_WAIT_SECS = 10.0
 
 class LiveStreams:
     def __init__(self, manager: StreamManager, bus: EventBus,
-                 hub_of: Callable[[str], StreamHub | None], *, host: str, port: int,
+                 hub_of: Callable[[str], StreamHub], *, host: str, port: int,
                  bind: str = "0.0.0.0", server: ViewerServer | None = None) -> None:
         self.manager = manager
         self.bus = bus
@@ -99,18 +100,16 @@ class LiveStreams:
     async def _start_when_publishing(self, stream_id: str, scope: trio.CancelScope) -> None:
         try:
             with scope:
+                hub = self.hub_of(stream_id)
                 with trio.move_on_after(PUBLICATION_WAIT_SECS):
-                    while True:
-                        hub = self.hub_of(stream_id)
-                        if hub is not None and hub.publication is not None:
-                            self.fanouts[stream_id] = Fanout(hub)
-                            url = self.url(stream_id)
-                            self.manager.state(stream_id).live_url = url
-                            self.bus.publish("live_rtsp_stream_started", streamId=stream_id,
-                                             localRtspUrl=url)
-                            log.info("stream %s live at %s", stream_id, url)
-                            return
-                        await trio.sleep(0.05)
+                    await hub.wait_published()
+                    self.fanouts[stream_id] = Fanout(hub)
+                    url = self.url(stream_id)
+                    self.manager.state(stream_id).live_url = url
+                    self.bus.publish("live_rtsp_stream_started", streamId=stream_id,
+                                     localRtspUrl=url)
+                    log.info("stream %s live at %s", stream_id, url)
+                    return
                 state = self.manager.state(stream_id).state
                 self._stopped(stream_id, f"camera unreachable (stream {state}, no packets in "
                                          f"{PUBLICATION_WAIT_SECS:.0f} s)")

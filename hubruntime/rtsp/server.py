@@ -1,16 +1,16 @@
-"""The hub's RTSP server (trio), RFC 2326 over TCP. This part: the internal publish endpoint.
+"""The hub's internal publish endpoint (trio), RFC 2326 over TCP: where packets come in.
 
 Each camera's FFmpeg reader publishes (ANNOUNCE, SETUP mode=record over TCP interleaved,
 RECORD) to ``rtsp://127.0.0.1:<internal port>/publish/<streamId>/<secret>``. Only loopback peers
-are accepted, and the secret is minted per reader start, so a stale reader (or anything else on
-the machine) cannot publish into a stream. Every frame is handed to that stream's ``StreamHub``
-with its arrival time; the viewer side (PLAY) is added on the same server by the re-publishing
-part.
+are accepted, and the secret is minted per reader start (``streams/publish.py``), so a stale
+reader (or anything else on the machine) cannot publish into a stream. This session is the one
+caller of the stream's ``StreamHub.publish_started``/``receive``/``publish_stopped``: every
+interleaved frame goes there with its arrival time and is parsed there, once. The viewer side
+(PLAY) is ``viewer.py``, on its own port.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import math
@@ -23,59 +23,12 @@ import trio
 
 from hubruntime.proto import rtsp
 from hubruntime.proto.sdp import SdpError, SessionDescription, media_for_control, parse_sdp
-from hubruntime.streams.hub import StreamHub
+from hubruntime.streams.publish import PublishRegistry, PublishSlot
 
 log = logging.getLogger("hubruntime.rtsp")
 
 SERVER_NAME = "hubruntime"
 PUBLISH_PREFIX = "/publish/"
-
-
-@dataclass
-class PublishSlot:
-    """A stream open for publishing: its hub and the current reader's secret."""
-
-    hub: StreamHub
-    secret: str = ""
-    connection: PublishConnection | None = None
-
-
-class PublishRegistry:
-    """Which streams may be published, with which secret. Owned by the stream supervisors."""
-
-    def __init__(self) -> None:
-        self._slots: dict[str, PublishSlot] = {}
-
-    def open(self, hub: StreamHub) -> PublishSlot:
-        slot = self._slots.get(hub.stream_id)
-        if slot is None or slot.hub is not hub:
-            slot = self._slots[hub.stream_id] = PublishSlot(hub)
-        return slot
-
-    def new_secret(self, stream_id: str) -> str:
-        """Mint the secret of the next reader; the previous reader's secret stops working."""
-        slot = self._slots[stream_id]
-        slot.secret = secrets.token_urlsafe(18)
-        return slot.secret
-
-    def close(self, stream_id: str) -> None:
-        slot = self._slots.pop(stream_id, None)
-        if slot and slot.connection:
-            slot.connection.kick()
-
-    def kick(self, stream_id: str) -> None:
-        """Drop the current publisher's connection (its reader is being replaced)."""
-        slot = self._slots.get(stream_id)
-        if slot and slot.connection:
-            slot.connection.kick()
-
-    def check(self, stream_id: str, secret: str) -> PublishSlot | None:
-        slot = self._slots.get(stream_id)
-        if slot is None or not slot.secret:
-            return None
-        if not hmac.compare_digest(slot.secret.encode(), secret.encode()):
-            return None
-        return slot
 
 
 def _path_of(uri: str) -> str:
@@ -166,7 +119,7 @@ class RtspServer:
                         if isinstance(item, rtsp.Frame):
                             route = conn.channels.get(item.channel)
                             if conn.recording and route is not None and conn.slot is not None:
-                                conn.slot.hub.packet(now, route[0], route[1], item.payload)
+                                conn.slot.hub.receive(route[0], route[1], item.payload, now)
                         elif isinstance(item, rtsp.Request):
                             keep = await self._on_request(conn, item)
                             if not keep:
@@ -178,7 +131,8 @@ class RtspServer:
         finally:
             if conn.slot is not None and conn.slot.connection is conn:
                 conn.slot.connection = None
-                conn.slot.hub.publish_stopped()
+                conn.slot.hub.publish_stopped("kicked" if conn.cancel.cancel_called
+                                              else "closed")
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 

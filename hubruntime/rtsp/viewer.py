@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +21,8 @@ import trio
 
 from hubruntime.proto import rtsp
 from hubruntime.proto.digest import DigestAuth
-from hubruntime.rtsp.fanout import RAW, Fanout, Packet, ViewerQueue
+from hubruntime.proto.rtp import RtpPacket
+from hubruntime.rtsp.fanout import Fanout, Item, ViewerQueue, frame
 from hubruntime.streams.hub import Publication
 
 log = logging.getLogger("hubruntime.rtsp")
@@ -430,7 +431,7 @@ class _Conn:
         if not sess.playing:
             queue = ViewerQueue(set(sess.tracks), max_packets=self.server.queue_packets)
             queue.write_wire = self._wire_writer()
-            queue.frame = self._framer(sess)
+            queue.framer = self._framer(sess)
             if all(t.tcp and t.channels for t in sess.tracks.values()):
                 queue.wire_layout = tuple(sorted(
                     (m, *t.channels) for m, t in sess.tracks.items() if t.channels))
@@ -441,17 +442,12 @@ class _Conn:
         assert queue is not None
         info = []
         base, sid, _ = _split_url(req.uri)
-        firsts: dict[int, bytes] = {}
-        for media, _rtcp, data in list(queue._items):
-            if not _rtcp and media not in firsts:
-                firsts[media] = data
+        firsts = queue.first_packets()
         for media in sorted(sess.tracks):
-            data = firsts.get(media)
+            pkt = firsts.get(media)
             entry = f"url={base}/{sess.stream_id}/trackID={media}"
-            if data is not None and len(data) >= 8:
-                seq = int.from_bytes(data[2:4], "big")
-                ts = int.from_bytes(data[4:8], "big")
-                entry += f";seq={seq};rtptime={ts}"
+            if pkt is not None:
+                entry += f";seq={pkt.seq};rtptime={pkt.timestamp}"
             info.append(entry)
         await self.reply(req, 200, [*self._session_header(sess), ("Range", "npt=0.000-"),
                                     ("RTP-Info", ",".join(info))])
@@ -490,70 +486,44 @@ class _Conn:
 
         return write
 
-    def _framer(self, sess: Session) -> Callable[[list[Packet]], bytes]:
-        """Turns ``sess``'s queued packets into the bytes of its TCP connection (interleaved
-        frames, and the unsent tail of an earlier write as is) for a direct write from the
-        publisher's task; its UDP tracks' packets are sent on the way, without blocking (a full
-        socket buffer loses the datagram, as the network would)."""
+    def _framer(self, sess: Session) -> Callable[[Iterable[Item]], tuple[bytes, int]]:
+        """Turns ``sess``'s queued items into the bytes of its TCP connection (interleaved
+        frames, and the unsent tail of an earlier write as is), for a direct write from the
+        publisher's task or for the writer task; its UDP tracks' packets are sent on the way,
+        without blocking (a full socket buffer loses the datagram, as the network would)."""
         tcp = {m: t.channels for m, t in sess.tracks.items() if t.tcp and t.channels}
         udp = {m: t for m, t in sess.tracks.items() if not t.tcp}
 
-        def frame(items: list[Packet]) -> bytes:
-            parts: list[bytes] = []
-            for media, is_rtcp, data in items:
-                if media == RAW:
-                    parts.append(data)
-                    continue
-                ch = tcp.get(media)
-                if ch is not None:
-                    if len(data) <= 0xFFFF:
-                        parts.append(rtsp.frame_header(ch[1] if is_rtcp else ch[0], len(data)))
-                        parts.append(data)
-                    continue
-                t = udp.get(media)
-                if t is None or t.client is None:
-                    continue
-                host, rtp_port, rtcp_port = t.client
-                sock = t.rtcp_raw if is_rtcp else t.rtp_raw
-                if sock is not None:
-                    try:
-                        sock.sendto(data, (host, rtcp_port if is_rtcp else rtp_port))
-                    except OSError:
-                        pass
-            return b"".join(parts)
+        def send_udp(pkt: RtpPacket) -> None:
+            t = udp.get(pkt.track)
+            if t is None or t.client is None:
+                return
+            host, rtp_port, rtcp_port = t.client
+            sock = t.rtcp_raw if pkt.rtcp else t.rtp_raw
+            if sock is not None:
+                try:
+                    sock.sendto(pkt.data, (host, rtcp_port if pkt.rtcp else rtp_port))
+                except OSError:
+                    pass
 
-        return frame
+        def framer(items: Iterable[Item]) -> tuple[bytes, int]:
+            return frame(items, tcp, send_udp if udp else None)
+
+        return framer
 
     async def _writer(self, sess: Session, queue: ViewerQueue, scope: trio.CancelScope) -> None:
-        tcp = {m: t.channels for m, t in sess.tracks.items() if t.tcp and t.channels}
-        udp = {m: t for m, t in sess.tracks.items() if not t.tcp}
+        framer = self._framer(sess)
         with scope:
             try:
                 while True:
                     items = await queue.take(256)
                     if not items:
                         return
-                    out = []
-                    for media, is_rtcp, data in items:
-                        if media == RAW:
-                            out.append(data)
-                            continue
-                        ch = tcp.get(media)
-                        if ch is not None:
-                            out.append(rtsp.encode_frame(ch[1] if is_rtcp else ch[0], data))
-                        else:
-                            t = udp.get(media)
-                            if t is None or t.client is None:
-                                continue
-                            host, rtp_port, rtcp_port = t.client
-                            sock = t.rtcp_sock if is_rtcp else t.rtp_sock
-                            try:
-                                await sock.sendto(data, (host, rtcp_port if is_rtcp else rtp_port))
-                            except OSError:
-                                pass
-                    if out:
+                    wire, n = framer(items)
+                    queue.sent += n
+                    if wire:
                         with trio.move_on_after(10) as stuck:
-                            await self.send(b"".join(out))
+                            await self.send(wire)
                         if stuck.cancelled_caught:
                             log.info("viewer %s: stuck for 10 s, dropped", self.peer)
                             self.cancel.cancel()

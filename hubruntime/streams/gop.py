@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from hubruntime.proto.rtp import parse_rtp_header
+from hubruntime.proto.rtp import RtpPacket
 
 __all__ = ["GopCache"]
 
@@ -44,7 +44,7 @@ class GopCache:
         self.is_keyframe = is_keyframe
         self.max_bytes = max_bytes
         self.max_secs = max_secs
-        self._packets: deque[tuple[float, int, bytes]] = deque()  # arrival time, media, packet
+        self._packets: deque[RtpPacket] = deque()
         self._bytes = 0
         self._base = 0  # stream-wide number of _packets[0]
         self._valid = False  # whether _packets[0] is a keyframe start
@@ -63,7 +63,7 @@ class GopCache:
         """Bytes held, including packets of an access unit not yet known to be a keyframe."""
         return self._bytes
 
-    def add(self, now: float, media: int, is_rtcp: bool, packet: bytes) -> bool:
+    def add(self, pkt: RtpPacket) -> bool:
         """Take one packet of the stream; return whether it starts a keyframe.
 
         ``True`` only for the packet on which the detector first fires in a keyframe's access
@@ -72,35 +72,33 @@ class GopCache:
         """
         if not self.enabled:
             return True
-        if is_rtcp:
+        if pkt.rtcp:
             return False
         number = self._base + len(self._packets)
         starts = False
-        if media == self.video_media:
-            starts = self._video(number, packet)
-        self._packets.append((now, media, packet))
-        self._bytes += len(packet)
+        if pkt.track == self.video_media:
+            starts = self._video(number, pkt)
+        self._packets.append(pkt)
+        self._bytes += len(pkt.data)
         if not self._valid:
             # Keep only the access unit in progress: its keyframe may still be found.
             self._drop_before(self._au_start)
-        if self._bytes > self.max_bytes or now - self._packets[0][0] > self.max_secs:
+        if self._bytes > self.max_bytes or pkt.arrival - self._packets[0].arrival > self.max_secs:
             if self._valid:
                 self.drops += 1
             self.clear()
         return starts
 
-    def _video(self, number: int, packet: bytes) -> bool:
+    def _video(self, number: int, pkt: RtpPacket) -> bool:
         """Track access units; on a new keyframe start drop what came before it."""
         assert self.is_keyframe is not None
-        header = parse_rtp_header(packet)
-        if header is None or header.payload_length <= 0:
+        if pkt.payload_end <= pkt.payload_start:
             return False
-        ts = header.timestamp
+        ts = pkt.timestamp
         if ts != self._au_ts:
             self._au_ts = ts
             self._au_start = number
-        payload = packet[header.header_length:header.length - header.padding]
-        if not self.is_keyframe(payload):
+        if not self.is_keyframe(pkt.data[pkt.payload_start:pkt.payload_end]):
             return False
         if ts == self._key_ts:
             # Another part of the keyframe already started on (the IDR after its SPS, a later
@@ -115,14 +113,14 @@ class GopCache:
     def _drop_before(self, number: int) -> None:
         packets = self._packets
         while self._base < number and packets:
-            self._bytes -= len(packets.popleft()[2])
+            self._bytes -= len(packets.popleft().data)
             self._base += 1
 
-    def snapshot(self) -> list[tuple[int, bytes]]:
-        """(media, packet) in arrival order from the keyframe start; empty without one."""
+    def snapshot(self) -> list[RtpPacket]:
+        """The packets in arrival order from the keyframe start; empty without one."""
         if not self._valid:
             return []
-        return [(media, packet) for _, media, packet in self._packets]
+        return list(self._packets)
 
     def clear(self) -> None:
         """Forget everything; the cache is unusable until the next keyframe starts.

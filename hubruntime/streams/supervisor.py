@@ -1,11 +1,14 @@
-"""Per-stream supervision: one FFmpeg reader at a time, its health monitor, its restarts.
+"""Per-stream supervision: one FFmpeg reader at a time, its health events, its restarts.
 
 A ``StreamSupervisor`` owns exactly its reader process and its monitor timer task; cancelling it
 (the stream was removed, the hub stops) kills the reader and reaps it. FFmpeg neither exits nor
-complains on a stall, so every watchdog is here, on the packets the reader publishes; any exit
-of the reader is "closed", and why is read from its exit status and stderr afterwards.
+complains on a stall, so every watchdog is on the packets the reader publishes: the stream's
+``StreamHub`` feeds them to the health monitor and reports its events here, where they become
+bus events, state changes and restarts. Any exit of the reader is "closed", and why is read
+from its exit status and stderr afterwards.
 
-``IngestService`` keeps one supervisor per registered stream, following the registry.
+``IngestService`` keeps one supervisor per registered stream, following the registry. Nothing
+here knows the RTSP server: it gets the publish URL maker passed in by ``hub.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -21,33 +25,35 @@ from hubruntime.config import HealthConfig
 from hubruntime.events.bus import EventBus
 from hubruntime.media.ffmpeg import classify_failure, reader_command
 from hubruntime.proto.backoff import Backoff
-from hubruntime.proto.rtp import parse_rtp_header
 from hubruntime.redact import redact
-from hubruntime.rtsp.server import PublishRegistry, RtspServer
 from hubruntime.store import StreamRecord
-from hubruntime.streams.health import HealthEvent, HealthMonitor, Track
+from hubruntime.streams.health import HealthEvent
 from hubruntime.streams.hub import Publication, StreamHub
 from hubruntime.streams.manager import StreamManager
+from hubruntime.streams.publish import PublishRegistry
 
 log = logging.getLogger("hubruntime.ingest")
 
 READER_TIMEOUT_SECS = 5.0
 STDERR_LINES = 40
+STOP_WAIT_SECS = 2.0
+
+PublishUrl = Callable[[str, str], str]
+"""``publish_url(stream_id, secret)``: where a reader publishes (the RTSP server's endpoint)."""
 
 
 class StreamSupervisor:
     def __init__(self, rec: StreamRecord, hub: StreamHub, *, bus: EventBus,
-                 manager: StreamManager, server: RtspServer, registry: PublishRegistry,
+                 manager: StreamManager, publish_url: PublishUrl, registry: PublishRegistry,
                  health: HealthConfig) -> None:
         self.rec = rec
         self.sid = rec.stream_id
         self.hub = hub
         self.bus = bus
         self.manager = manager
-        self.server = server
+        self.publish_url = publish_url
         self.registry = registry
         self.health = health
-        self.monitor: HealthMonitor | None = None
         self.published_at: float | None = None
         self.restart_reason: str | None = None
         self.readers_started = 0
@@ -55,36 +61,23 @@ class StreamSupervisor:
         self._restart = trio.Event()
         self._monitor_changed = trio.Event()
 
-    # packets and monitor -----------------------------------------------------------------
-    def _on_publish_start(self, pub: Publication) -> None:
-        tracks = [Track(m.index, m.kind, m.clock_rate) for m in pub.sdp.media  # type: ignore[arg-type]
-                  if m.kind in ("video", "audio")]
-        self.monitor = HealthMonitor(tracks, packet_delay_secs=self.health.packet_delay_secs,
-                                     accumulated_delay_secs=self.health.accumulated_delay_secs)
-        self.monitor.start(pub.started_at)
+    # the publication (a lifecycle-only sink of the StreamHub) ------------------------------
+    def on_start(self, pub: Publication) -> None:
         self.published_at = pub.started_at
         self._set_state("streaming")
         self._wake_monitor()
 
-    def _on_publish_stop(self) -> None:
-        if self.monitor is not None:
-            self.monitor.stop()
-        self.monitor = None
+    def on_packet(self, pkt: Any) -> None:  # registered with packets=False: never called
+        pass
 
-    def _on_packet(self, now: float, media: int, is_rtcp: bool, payload: bytes) -> None:
-        monitor = self.monitor
-        if monitor is None:
-            return
-        if is_rtcp:
-            events = monitor.on_rtcp(now, media)
-        else:
-            header = parse_rtp_header(payload)
-            if header is None:
-                return
-            events = monitor.on_rtp(now, media, header.seq, header.timestamp)
-        if events:
-            self._emit(events)
-        elif self._state() == "delayed" and monitor.state == "streaming":
+    def on_flush(self) -> None:
+        pass
+
+    def on_stop(self, reason: str) -> None:
+        self._wake_monitor()
+
+    def _recovered(self) -> None:
+        if self._state() == "delayed":
             self._set_state("streaming")
 
     def _emit(self, events: list[HealthEvent]) -> None:
@@ -104,17 +97,15 @@ class StreamSupervisor:
     async def _poll_monitor(self) -> None:
         """Run the monitor's timers: gaps are detected while they last, not when they end."""
         while True:
-            monitor = self.monitor
+            monitor = self.hub.monitor
             deadline = monitor.next_deadline() if monitor is not None else None
             if deadline is None:
                 with trio.move_on_after(0.25):
                     await self._monitor_changed.wait()
                 continue
             await trio.sleep_until(deadline)
-            if self.monitor is monitor and monitor is not None:
-                events = monitor.poll(trio.current_time())
-                if events:
-                    self._emit(events)
+            if self.hub.monitor is monitor:
+                self.hub.poll_health(trio.current_time())
 
     # state -------------------------------------------------------------------------------
     def _state(self) -> str:
@@ -126,9 +117,9 @@ class StreamSupervisor:
     # the reader --------------------------------------------------------------------------
     async def run(self) -> None:
         self.registry.open(self.hub)
-        self.hub.add_listener(self._on_packet)
-        self.hub.on_publish_start(self._on_publish_start)
-        self.hub.on_publish_stop(self._on_publish_stop)
+        self.hub.on_health = self._emit
+        self.hub.on_recovered = self._recovered
+        self.hub.add_sink(self, packets=False)
         backoff = Backoff(self.health.backoff_initial_secs, self.health.backoff_max_secs,
                           self.health.backoff_reset_after_secs)
         closes = 0
@@ -160,16 +151,13 @@ class StreamSupervisor:
                             closes = min(closes, 1)
                     await trio.sleep(delay)
         finally:
-            self.hub.remove_listener(self._on_packet)
+            self.hub.remove_sink(self)
             self.registry.close(self.sid)
-            if self.monitor is not None:
-                self.monitor.stop()
-            self.monitor = None
 
     async def _one_reader(self) -> tuple[str, str, str, float]:
         """Run one reader to its end: (outcome, reason, message, healthy seconds)."""
         secret = self.registry.new_secret(self.sid)
-        cmd = reader_command(self.rec.rtsp_url, self.server.publish_url(self.sid, secret),
+        cmd = reader_command(self.rec.rtsp_url, self.publish_url(self.sid, secret),
                              timeout_secs=READER_TIMEOUT_SECS)
         self.published_at = None
         self.restart_reason = None
@@ -199,8 +187,10 @@ class StreamSupervisor:
                 if proc.returncode is None:
                     proc.kill()
                 await proc.wait()
+                # the publishing session owns "stopped": end it and wait for it to say so
                 self.registry.kick(self.sid)
-                self.hub.publish_stopped()
+                with trio.move_on_after(STOP_WAIT_SECS):
+                    await self.hub.wait_stopped()
                 self.pid = None
         now = trio.current_time()
         healthy = now - self.published_at if self.published_at is not None else 0.0
@@ -245,11 +235,11 @@ class StreamSupervisor:
 class IngestService:
     """One supervisor per registered stream; follows additions and removals."""
 
-    def __init__(self, manager: StreamManager, bus: EventBus, server: RtspServer,
+    def __init__(self, manager: StreamManager, bus: EventBus, publish_url: PublishUrl,
                  registry: PublishRegistry, health: HealthConfig) -> None:
         self.manager = manager
         self.bus = bus
-        self.server = server
+        self.publish_url = publish_url
         self.registry = registry
         self.health = health
         self.hubs: dict[str, StreamHub] = {}
@@ -274,9 +264,10 @@ class IngestService:
     def start_stream(self, rec: StreamRecord) -> None:
         if self._nursery is None or rec.stream_id in self._scopes:
             return
-        hub = self.hubs.setdefault(rec.stream_id, StreamHub(rec.stream_id))
-        sup = StreamSupervisor(rec, hub, bus=self.bus, manager=self.manager, server=self.server,
-                               registry=self.registry, health=self.health)
+        hub = self.hub(rec.stream_id)
+        sup = StreamSupervisor(rec, hub, bus=self.bus, manager=self.manager,
+                               publish_url=self.publish_url, registry=self.registry,
+                               health=self.health)
         scope = trio.CancelScope()
         self._scopes[rec.stream_id] = scope
         self.supervisors[rec.stream_id] = sup
@@ -291,6 +282,15 @@ class IngestService:
                 del self._scopes[sid]
                 self.supervisors.pop(sid, None)
                 self.hubs.pop(sid, None)
+
+    def hub(self, stream_id: str) -> StreamHub:
+        """The stream's hub, made on first use: a sink may register before its reader runs."""
+        hub = self.hubs.get(stream_id)
+        if hub is None:
+            hub = self.hubs[stream_id] = StreamHub(
+                stream_id, packet_delay_secs=self.health.packet_delay_secs,
+                accumulated_delay_secs=self.health.accumulated_delay_secs)
+        return hub
 
     def stop_stream(self, stream_id: str) -> None:
         scope = self._scopes.get(stream_id)

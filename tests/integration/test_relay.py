@@ -31,7 +31,7 @@ from hubruntime.fakecam import FakeCamera, default_capture
 from hubruntime.hub import Hub
 from hubruntime.lua.modules.args import ApiError
 from hubruntime.proto.h264 import is_keyframe_start
-from hubruntime.proto.rtp import is_rtcp, parse_rtp_header
+from hubruntime.proto.rtp import RtpPacket, is_rtcp, parse_rtp_header
 from hubruntime.proto.rtsp import Response, RtspParser, encode_request, parse_transport
 from hubruntime.rtsp.fanout import Fanout
 from hubruntime.rtsp.live import LiveStreams
@@ -130,7 +130,7 @@ async def start_rig(tmp_path: Path, nursery: trio.Nursery, capture: Any) -> Rig:
     assert started.event["localRtspUrl"] == rig.url
     assert rig.url.startswith("rtsp://127.0.0.1:")
     # a keyframe in the cache and packets flowing, so that every viewer starts the same way
-    await until(lambda: rig.fanout.gop is not None and bool(rig.fanout.gop.snapshot()), 10,
+    await until(lambda: rig.fanout.hub.gop is not None and bool(rig.fanout.hub.gop.snapshot()), 10,
                 "a keyframe in the GOP cache")
     return rig
 
@@ -313,10 +313,21 @@ async def test_twenty_viewers_and_a_stuck_one(tmp_path, nursery, capture):
     assert rig.hub.ingest is not None
     stream_hub = rig.hub.ingest.hubs[SID]
 
-    def on_packet(now: float, media: int, is_rtcp: bool, data: bytes) -> None:
-        published.append(now)
+    class Tap:  # a PacketSink that notes arrival times
+        def on_start(self, publication: object) -> None:
+            pass
 
-    stream_hub.add_listener(on_packet)
+        def on_packet(self, pkt: RtpPacket) -> None:
+            published.append(pkt.arrival)
+
+        def on_flush(self) -> None:
+            pass
+
+        def on_stop(self, reason: str) -> None:
+            pass
+
+    tap = Tap()
+    stream_hub.add_sink(tap)
     viewers = [await MiniClient.connect(rig.url) for _ in range(20)]
     for v in viewers:
         await v.play()
@@ -359,7 +370,7 @@ async def test_twenty_viewers_and_a_stuck_one(tmp_path, nursery, capture):
         await until(lambda: all(a.count(t3, math.inf) > 20 for a in arrivals), 2,
                     "the 20 viewers still get packets")
         pumps.cancel_scope.cancel()
-    stream_hub.remove_listener(on_packet)
+    stream_hub.remove_sink(tap)
 
     def rate(times: list[float], start: float) -> float:
         return sum(1 for t in times if start <= t < start + RATE_WINDOW) / RATE_WINDOW

@@ -190,8 +190,8 @@ async def hub_live(hub: Hub, events: Events) -> None:
     started = await events.wait_for("live_rtsp_stream_started", 15)
     assert started["localRtspUrl"] == hub.live.url(SID)
     live = hub.live
-    await until(lambda: SID in live.fanouts and live.fanouts[SID].gop is not None
-                and bool(live.fanouts[SID].gop.snapshot()), 10, "a keyframe in the GOP cache")
+    await until(lambda: SID in live.fanouts and live.fanouts[SID].hub.gop is not None
+                and bool(live.fanouts[SID].hub.gop.snapshot()), 10, "a keyframe in the GOP cache")
 
 
 async def connect_from(source: str, url: str) -> MiniClient:

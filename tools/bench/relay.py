@@ -609,10 +609,22 @@ async def hub_child(config: Path, plugins: Path) -> None:
     hub = Hub(cfg)
     tap: dict[str, Any] = {"rec": None, "vm": -1}
 
-    def listener(now: float, media: int, is_rtcp: bool, data: bytes) -> None:
-        rec = tap["rec"]
-        if rec is not None and media == tap["vm"] and not is_rtcp:
-            rec.append((now, data[2:8]))
+    class Tap:
+        """A PacketSink noting when each video packet reached the hub."""
+
+        def on_start(self, publication: Any) -> None:
+            pass
+
+        def on_packet(self, pkt: Any) -> None:
+            rec = tap["rec"]
+            if rec is not None and pkt.track == tap["vm"] and not pkt.rtcp:
+                rec.append((pkt.arrival, pkt.data[2:8]))
+
+        def on_flush(self) -> None:
+            pass
+
+        def on_stop(self, reason: str) -> None:
+            pass
 
     async def stop_on_signals(scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -627,14 +639,14 @@ async def hub_child(config: Path, plugins: Path) -> None:
         url = None
         with trio.move_on_after(30):
             while STREAM_ID not in hub.live.fanouts:
-                await trio.sleep(0.05)
+                await trio.sleep(0.05)  # the bench's own wait, bounded by the 30 s above
             url = hub.live.url(STREAM_ID)
         if url is None:
             _reply({"error": "stream not live within 30 s"})
             nursery.cancel_scope.cancel()
             return
         sh = hub.ingest.hubs[STREAM_ID]
-        sh.add_listener(listener)
+        sh.add_sink(Tap())
         _reply({"live": url, "pid": os.getpid()})
         async for cmd in _stdin_lines():
             what = cmd["cmd"]
